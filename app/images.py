@@ -1,0 +1,110 @@
+"""Container image references, parsed the way the kubelet (and containerd) read them.
+
+`parse_image` turns the string of a container's `image:` field into an `ImageRef`, or raises
+`InvalidImageRef` with a short reason meant for the person who wrote the manifest.
+The grammar follows the distribution reference grammar (docker/distribution `reference`):
+
+    [domain[:port]/]path[:tag][@algorithm:hex]
+
+A first path component is a domain when it contains "." or ":" or is "localhost"; otherwise
+the image lives on Docker Hub (`docker.io`, with `library/` for one-component names).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+DOCKER_HUB = "docker.io"
+
+_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*\Z")
+_DOMAIN = re.compile(
+    r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)"
+    r"(?:\.(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?))*"
+    r"(?::[0-9]+)?\Z"
+    r"|\[[0-9a-fA-F:.]+\](?::[0-9]+)?\Z"
+)
+_TAG = re.compile(r"[\w][\w.-]{0,127}\Z")
+_DIGEST = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}\Z")
+_SHA256 = re.compile(r"sha256:[a-f0-9]{64}\Z")
+MAX_LENGTH = 4096
+
+
+class InvalidImageRef(ValueError):
+    """The image string is not a reference a kubelet would pull; `str()` is the reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRef:
+    """One parsed image reference. `tag` is None when the reference has only a digest."""
+
+    raw: str
+    registry: str
+    repository: str
+    tag: str | None
+    digest: str | None
+
+    @property
+    def digest_pinned(self) -> bool:
+        """True when the kubelet pulls by digest (a tag next to a digest is ignored)."""
+        return self.digest is not None
+
+    @property
+    def name(self) -> str:
+        """`registry/repository`, without tag or digest."""
+        return f"{self.registry}/{self.repository}"
+
+    @property
+    def reference(self) -> str:
+        """What the registry is asked for: the digest when pinned, else the tag."""
+        return self.digest or self.tag or "latest"
+
+
+def _split_domain(name: str) -> tuple[str, str]:
+    first, sep, rest = name.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first, rest
+    if first == "index.docker.io":
+        return DOCKER_HUB, rest
+    return DOCKER_HUB, name if sep else f"library/{name}"
+
+
+@lru_cache(maxsize=8192)
+def parse_image(raw: str) -> ImageRef:
+    """Parse `raw` into an `ImageRef`; raise `InvalidImageRef` with the reason when it can't be."""
+    if not isinstance(raw, str):
+        raise InvalidImageRef("image is not a string")
+    if not raw:
+        raise InvalidImageRef("image is empty")
+    if len(raw) > MAX_LENGTH:
+        raise InvalidImageRef("image reference is too long")
+    if raw != raw.strip():
+        raise InvalidImageRef("image has leading or trailing spaces")
+    rest, _, digest = raw.partition("@")
+    if digest and not _DIGEST.match(digest):
+        raise InvalidImageRef(f"invalid digest {digest[:80]!r}")
+    if digest.startswith("sha256:") and not _SHA256.match(digest):
+        raise InvalidImageRef("sha256 digest must be 64 lower-case hex characters")
+    tag: str | None = None
+    slash = rest.rfind("/")
+    colon = rest.rfind(":")
+    if colon > slash:
+        rest, tag = rest[:colon], rest[colon + 1 :]
+        if not _TAG.match(tag):
+            raise InvalidImageRef(f"invalid tag {tag[:80]!r}")
+    if not rest:
+        raise InvalidImageRef("image has no repository name")
+    domain, path = _split_domain(rest)
+    if not _DOMAIN.match(domain):
+        raise InvalidImageRef(f"invalid registry host {domain[:80]!r}")
+    for component in path.split("/"):
+        if not _COMPONENT.match(component):
+            if component.lower() != component:
+                raise InvalidImageRef("repository name must be lower-case")
+            raise InvalidImageRef(f"invalid repository name {path[:80]!r}")
+    if tag is None and not digest:
+        tag = "latest"
+    return ImageRef(
+        raw=raw, registry=domain.lower(), repository=path, tag=tag, digest=digest or None
+    )
