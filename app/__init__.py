@@ -1,3 +1,3 @@
-"""streamgate: an admission webhook that tells whether AKS workloads can use ACR artifact streaming."""
+"""streamgate: tells whether AKS workloads can use ACR artifact streaming, at admission."""
 
 __version__ = "0.1.0"

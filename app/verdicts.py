@@ -47,3 +47,10 @@ class VerdictSource(Protocol):
 
 
 NOT_ACR = ImageVerdict(Verdict.NOT_ACR)
+
+
+class OfflineVerdicts:
+    """The source for `check --offline`: no registry is asked, every ACR image is unknown."""
+
+    async def verdict(self, ref: ImageRef) -> ImageVerdict:
+        return ImageVerdict(Verdict.UNKNOWN, "registry not consulted (offline)")

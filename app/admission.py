@@ -1,0 +1,184 @@
+"""One admission request, start to finish: skip what needs no work, look up the images'
+verdicts within a deadline, place the pod on node pools, evaluate, and answer.
+
+The registry and the node inventory stay behind their interfaces (`VerdictSource`,
+`PlacementSource`); this module holds the async glue and the error policy: an unexpected
+failure while evaluating never becomes a 500, it becomes the policy's `onError` answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from app import messages
+from app.evaluate import Decision, evaluate, exemption, images_to_check, skip
+from app.images import ImageRef
+from app.patches import annotation_ops, steer_ops
+from app.policy import Mode, OnError, Policy
+from app.pools import PlacementSource
+from app.review import AdmissionAnswer, AdmissionRequest, ReviewError
+from app.verdicts import ImageVerdict, Verdict, VerdictSource
+from app.workloads import Workload, WorkloadError, judged_signature, workload
+
+logger = logging.getLogger(__name__)
+
+# The whole registry budget for one admission. Kept well under the webhook's default
+# timeoutSeconds (5 s in the chart) so the answer, even "unknown", reaches the apiserver
+# before it gives up and applies failurePolicy.
+DEFAULT_LOOKUP_DEADLINE = 2.0
+
+Endpoint = Literal["validate", "mutate"]
+_JUDGED_SUBRESOURCES = ("", "ephemeralcontainers")
+
+
+class NamespaceModes(Protocol):
+    """The mode a namespace asks for with its `streamgate.io/mode` label, or None."""
+
+    def mode(self, namespace: str) -> Mode | None: ...
+
+
+class NoNamespaceLabels:
+    def mode(self, namespace: str) -> Mode | None:
+        return None
+
+
+@dataclass
+class Admission:
+    """Everything a request needs, built once at start-up and shared by all requests."""
+
+    policy: Callable[[], Policy]
+    verdicts: VerdictSource
+    placement: PlacementSource
+    namespaces: NamespaceModes = field(default_factory=NoNamespaceLabels)
+    lookup_deadline: float = DEFAULT_LOOKUP_DEADLINE
+    _background: set[asyncio.Task[ImageVerdict]] = field(default_factory=set, repr=False)
+
+    def mode_for(self, namespace: str, policy: Policy) -> Mode:
+        return (
+            self.namespaces.mode(namespace) or policy.namespace_modes.get(namespace) or policy.mode
+        )
+
+    async def lookup(self, refs: Iterable[ImageRef]) -> dict[ImageRef, ImageVerdict]:
+        """Verdicts for `refs`, within the deadline. Look-ups still running at the deadline go
+        on in the background (they warm the cache) and count as unknown now."""
+        tasks = {ref: asyncio.ensure_future(self.verdicts.verdict(ref)) for ref in refs}
+        if not tasks:
+            return {}
+        _, pending = await asyncio.wait(tasks.values(), timeout=self.lookup_deadline)
+        out: dict[ImageRef, ImageVerdict] = {}
+        for ref, task in tasks.items():
+            if task in pending:
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+                out[ref] = ImageVerdict(Verdict.UNKNOWN, "registry timed out")
+            elif task.exception() is not None:
+                logger.error("verdict source raised for %s", ref.raw, exc_info=task.exception())
+                out[ref] = ImageVerdict(Verdict.UNKNOWN, "registry look-up failed")
+            else:
+                out[ref] = task.result()
+        return out
+
+    async def decide(self, req: AdmissionRequest) -> tuple[Decision, Workload | None]:
+        policy = self.policy()
+        mode = self.mode_for(req.namespace, policy)
+        if req.operation not in ("CREATE", "UPDATE"):
+            return skip(mode, f"operation {req.operation}"), None
+        if req.sub_resource not in _JUDGED_SUBRESOURCES:
+            return skip(mode, f"subresource {req.sub_resource}"), None
+        if mode is Mode.OFF:
+            return skip(mode, "mode off"), None
+        assert req.obj is not None  # parse_review guarantees it for CREATE and UPDATE
+        wl = workload(req.group, req.kind, req.obj)
+        if wl is None:
+            return skip(mode, f"kind {req.kind} is not judged"), None
+        reason = exemption(wl, req.namespace, policy)
+        if reason:
+            return skip(mode, reason), wl
+        if req.operation == "UPDATE" and req.old_obj is not None:
+            old = workload(req.group, req.kind, req.old_obj)
+            if old is not None and judged_signature(old.pod_spec) == judged_signature(wl.pod_spec):
+                return skip(mode, "images and scheduling unchanged"), wl
+        verdicts = await self.lookup(images_to_check(wl, policy))
+        placement = self.placement.place(wl.pod_spec)
+        decision = evaluate(wl, mode=mode, policy=policy, verdicts=verdicts, placement=placement)
+        return decision, wl
+
+    async def answer(self, req: AdmissionRequest, endpoint: Endpoint) -> AdmissionAnswer:
+        started = time.perf_counter()
+        try:
+            decision, wl = await self.decide(req)
+        except WorkloadError as err:
+            # A judged kind without a pod spec is a malformed review, not a policy matter.
+            raise ReviewError(str(err)) from err
+        except Exception:
+            logger.exception("uid=%s evaluation failed; answering onError", req.uid)
+            return self._on_error(req)
+        _log_decision(req, endpoint, decision, time.perf_counter() - started)
+        if endpoint == "mutate":
+            return AdmissionAnswer(allowed=True, patch=tuple(_patch(req, decision, wl)))
+        if decision.allowed:
+            return AdmissionAnswer(allowed=True, warnings=tuple(decision.warnings))
+        return AdmissionAnswer(
+            allowed=False,
+            message=messages.denial(
+                req.kind, req.name or (wl.name if wl else ""), decision.denials
+            ),
+            warnings=tuple(decision.warnings),
+        )
+
+    def _on_error(self, req: AdmissionRequest) -> AdmissionAnswer:
+        policy = self.policy()
+        denied = (
+            policy.on_error is OnError.DENY and self.mode_for(req.namespace, policy) is Mode.ENFORCE
+        )
+        text = "streamgate could not evaluate this object (internal error)"
+        if denied:
+            return AdmissionAnswer(allowed=False, message=f"{text}; denied (onError: deny)")
+        return AdmissionAnswer(allowed=True, warnings=(messages.fit(f"{text}; allowed"),))
+
+
+def _patch(
+    req: AdmissionRequest, decision: Decision, wl: Workload | None
+) -> list[Mapping[str, object]]:
+    if wl is None or decision.skipped or req.sub_resource:
+        return []
+    ops: list[Mapping[str, object]] = list(annotation_ops(wl, decision.annotations))
+    if decision.steer and decision.mode in (Mode.WARN, Mode.ENFORCE):
+        ops += steer_ops(wl, decision.steer)
+    return ops
+
+
+def _log_decision(req: AdmissionRequest, endpoint: str, decision: Decision, took: float) -> None:
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    outcome = (
+        "skip"
+        if decision.skipped
+        else "deny"
+        if not decision.allowed
+        else "warn"
+        if decision.warnings
+        else "allow"
+    )
+    images = ",".join(f"{r.container.label}={r.verdict.verdict.value}" for r in decision.reports)
+    logger.info(
+        "uid=%s endpoint=%s op=%s kind=%s ns=%s name=%s user=%s mode=%s decision=%s "
+        "images=%s skipped=%s ms=%.2f",
+        req.uid,
+        endpoint,
+        req.operation,
+        req.kind,
+        req.namespace,
+        req.name,
+        req.user,
+        decision.mode.value,
+        outcome,
+        images,
+        decision.skipped or "",
+        took * 1000,
+    )

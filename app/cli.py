@@ -1,0 +1,129 @@
+"""The `streamgate` command: serve the webhook, check manifests offline, issue local certs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import logging
+import sys
+from pathlib import Path
+
+from app import __version__
+from app.admission import DEFAULT_LOOKUP_DEADLINE
+from app.check import ManifestError, check, read_manifests, to_json, to_table
+from app.policy import Mode, PolicyError
+from app.serve import ServeSettings, build_admission, serve
+from app.tls import issue_self_signed
+from app.verdicts import OfflineVerdicts, VerdictSource
+
+EXIT_OK, EXIT_DENIED, EXIT_USAGE = 0, 1, 2
+
+
+def _verdict_source(args: argparse.Namespace) -> VerdictSource:
+    return OfflineVerdicts()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = ServeSettings(
+        host=args.host,
+        port=args.port,
+        cert=args.cert,
+        key=args.key,
+        self_signed_dir=args.self_signed,
+        policy_path=args.policy,
+        lookup_deadline=args.deadline,
+        log_level=args.log_level,
+    )
+    admission = build_admission(settings, verdicts=_verdict_source(args))
+    asyncio.run(serve(settings, admission))
+    return EXIT_OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    settings = ServeSettings(policy_path=args.policy, lookup_deadline=args.deadline)
+    admission = build_admission(settings, verdicts=_verdict_source(args))
+    if args.mode:
+        policy = admission.policy().model_copy(update={"mode": Mode(args.mode)})
+        admission.policy = lambda: policy
+    docs = read_manifests(args.file)
+    results = asyncio.run(check(docs, admission, namespace=args.namespace))
+    print(to_json(results) if args.output == "json" else to_table(results))
+    return EXIT_DENIED if any(r.denied for r in results) else EXIT_OK
+
+
+def _certs(args: argparse.Namespace) -> int:
+    files = issue_self_signed(args.dir, args.host)
+    print(f"ca: {files.ca}\ncert: {files.cert}\nkey: {files.key}")
+    print("caBundle: " + base64.b64encode(files.ca.read_bytes()).decode())
+    return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="streamgate", description=__doc__)
+    p.add_argument("--version", action="version", version=f"streamgate {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the admission webhook over HTTPS")
+    s.add_argument("--host", default="0.0.0.0")
+    s.add_argument("--port", type=int, default=8443)
+    s.add_argument("--cert", type=Path, help="serving certificate (PEM); reloaded when it changes")
+    s.add_argument("--key", type=Path, help="serving key (PEM)")
+    s.add_argument(
+        "--self-signed",
+        type=Path,
+        metavar="DIR",
+        help="generate a CA and serving pair for 127.0.0.1 in DIR (local runs)",
+    )
+    s.add_argument("--policy", type=Path, help="policy YAML (default: built-in defaults)")
+    s.add_argument(
+        "--deadline",
+        type=float,
+        default=DEFAULT_LOOKUP_DEADLINE,
+        help="registry budget per admission, seconds",
+    )
+    s.add_argument("--log-level", default="info")
+    s.set_defaults(func=_serve)
+
+    c = sub.add_parser("check", help="judge manifests offline, as the webhook would")
+    c.add_argument(
+        "-f",
+        "--file",
+        type=Path,
+        action="append",
+        required=True,
+        help="manifest file or directory (repeatable)",
+    )
+    c.add_argument("--policy", type=Path)
+    c.add_argument("--namespace", default="default", help="for objects without one")
+    c.add_argument("--mode", choices=[m.value for m in Mode], help="override the policy mode")
+    c.add_argument("--offline", action="store_true", help="do not ask registries")
+    c.add_argument("--deadline", type=float, default=10.0)
+    c.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    c.set_defaults(func=_check)
+
+    t = sub.add_parser("certs", help="write a self-signed CA and serving pair")
+    t.add_argument("dir", type=Path)
+    t.add_argument("--host", action="append", default=None)
+    t.set_defaults(func=_certs)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if getattr(args, "host", None) is None and args.command == "certs":
+        args.host = ["127.0.0.1", "localhost"]
+    logging.basicConfig(
+        level=getattr(args, "log_level", "info").upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        code: int = args.func(args)
+    except (PolicyError, ManifestError) as err:
+        print(f"streamgate: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

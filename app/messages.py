@@ -1,0 +1,99 @@
+"""The words users read: one short warning per problem, and the denial message.
+
+Kubernetes asks that warnings stay within 120 characters; every message here is built to
+fit, shortening the image reference first and the whole text only as a last resort.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from app.images import ImageRef
+from app.pools import PoolFit
+
+MAX_WARNING = 120
+_IMAGE_BUDGET = 56
+_ELLIPSIS = "…"
+
+
+def fit(text: str, limit: int = MAX_WARNING) -> str:
+    """One line of at most `limit` characters."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + _ELLIPSIS
+
+
+def short(text: str, budget: int = _IMAGE_BUDGET) -> str:
+    """Shorten in the middle, keeping the registry and the tag readable."""
+    if len(text) <= budget:
+        return text
+    head = (budget - 1) // 2
+    return text[:head] + _ELLIPSIS + text[-(budget - 1 - head) :]
+
+
+def repo_tag(ref: ImageRef) -> str:
+    return f"{ref.repository}:{ref.tag or 'latest'}"
+
+
+def not_streamable(label: str, ref: ImageRef, reason: str) -> str:
+    detail = reason or f"run: az acr artifact-streaming create --image {repo_tag(ref)}"
+    return fit(f"{label}: {short(ref.raw)} has no streaming artifact; {detail}")
+
+
+def unknown(label: str, image: str, reason: str, *, denied: bool) -> str:
+    outcome = "denied (onError: deny)" if denied else "allowed"
+    return fit(f"{label}: {short(image, 48)} not checked ({reason or 'unknown'}); {outcome}")
+
+
+def digest_pinned(label: str, ref: ImageRef) -> str:
+    return fit(f"{label}: {short(ref.raw, 48)} is pinned by digest; AKS streams tag pulls only")
+
+
+def pull_secrets() -> str:
+    return fit(
+        "imagePullSecrets set: ACR pulls with pull secrets don't stream; "
+        "use the kubelet identity (az aks update --attach-acr)"
+    )
+
+
+def not_acr(label: str, ref: ImageRef) -> str:
+    return fit(f"{label}: {short(ref.raw)} is not from ACR and can't stream")
+
+
+def invalid_image(label: str, image: object, reason: str) -> str:
+    shown = short(image if isinstance(image, str) else repr(image), 40)
+    return fit(f"{label}: invalid image {shown!r}: {reason}")
+
+
+def pool_list(pools: Sequence[PoolFit], budget: int = 70) -> str:
+    """`arm (arm64), cvm (Confidential VM), +2 more`, kept within `budget` characters."""
+    parts: list[str] = []
+    used = 0
+    for i, pool in enumerate(pools):
+        item = f"{pool.name} ({', '.join(pool.reasons) or 'can not stream'})"
+        more = len(pools) - i - 1
+        tail = len(f", +{more} more") if more else 0
+        if parts and used + len(item) + 2 + tail > budget:
+            parts.append(f"+{len(pools) - i} more")
+            break
+        parts.append(item)
+        used += len(item) + 2
+    return ", ".join(parts)
+
+
+def pools_may_not_stream(pools: Sequence[PoolFit]) -> str:
+    return fit(f"may land on pools that can't stream: {pool_list(pools)}; add a nodeSelector")
+
+
+def pools_cannot_stream(pools: Sequence[PoolFit]) -> str:
+    return fit(f"only fits pools that can't stream: {pool_list(pools)}; target a streaming pool")
+
+
+def no_pool() -> str:
+    return fit(
+        "fits no current node pool (nodeSelector, affinity, tolerations): it will stay Pending"
+    )
+
+
+def denial(kind: str, name: str, problems: Sequence[str]) -> str:
+    listed = "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
+    return f"streamgate: {kind} {name or '(unnamed)'} can't use artifact streaming: {listed}"

@@ -1,0 +1,93 @@
+"""JSONPatch operations that add annotations (and, opt-in, a node-affinity term).
+
+Paths come from the workload table (`app.workloads`), so every kind is patched where its
+metadata and pod template live. Images are never touched: rewriting a tag into a digest would
+switch streaming off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from app.workloads import Workload, escape_pointer, pointer
+
+Op = dict[str, Any]
+
+
+def _get(obj: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    node: Any = obj
+    for part in path:
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
+def _annotate(obj: Mapping[str, Any], meta: tuple[str, ...], values: Mapping[str, str]) -> list[Op]:
+    metadata = _get(obj, meta)
+    if not isinstance(metadata, Mapping):
+        return [{"op": "add", "path": pointer(meta), "value": {"annotations": dict(values)}}]
+    existing = metadata.get("annotations")
+    if not isinstance(existing, Mapping):
+        return [{"op": "add", "path": pointer((*meta, "annotations")), "value": dict(values)}]
+    base = pointer((*meta, "annotations"))
+    return [
+        {"op": "add", "path": f"{base}/{escape_pointer(key)}", "value": value}
+        for key, value in values.items()
+        if existing.get(key) != value
+    ]
+
+
+def annotation_ops(workload: Workload, values: Mapping[str, str]) -> list[Op]:
+    """Annotate the object and, for workloads, its pod template."""
+    if not values:
+        return []
+    ops = _annotate(workload.obj, ("metadata",), values)
+    template = workload.template_metadata_path
+    if template is not None:
+        ops += _annotate(workload.obj, template, values)
+    return ops
+
+
+_REQUIRED = "requiredDuringSchedulingIgnoredDuringExecution"
+
+
+def steer_ops(workload: Workload, label: tuple[str, str]) -> list[Op]:
+    """Require `label` on the node: added to every node-selector term (terms are OR'ed, so
+    each must carry it); creates the affinity structure when absent."""
+    key, value = label
+    expr = {"key": key, "operator": "In", "values": [value]}
+    spec = workload.spec_path
+    affinity = _get(workload.obj, (*spec, "affinity"))
+    node_affinity = affinity.get("nodeAffinity") if isinstance(affinity, Mapping) else None
+    required = node_affinity.get(_REQUIRED) if isinstance(node_affinity, Mapping) else None
+    new_required = {"nodeSelectorTerms": [{"matchExpressions": [expr]}]}
+    if not isinstance(affinity, Mapping):
+        return [
+            {
+                "op": "add",
+                "path": pointer((*spec, "affinity")),
+                "value": {"nodeAffinity": {_REQUIRED: new_required}},
+            }
+        ]
+    if not isinstance(node_affinity, Mapping):
+        return [
+            {
+                "op": "add",
+                "path": pointer((*spec, "affinity", "nodeAffinity")),
+                "value": {_REQUIRED: new_required},
+            }
+        ]
+    base = (*spec, "affinity", "nodeAffinity", _REQUIRED)
+    terms = required.get("nodeSelectorTerms") if isinstance(required, Mapping) else None
+    if not isinstance(terms, list):
+        return [{"op": "add", "path": pointer(base), "value": new_required}]
+    ops: list[Op] = []
+    for i, term in enumerate(terms):
+        exprs = term.get("matchExpressions") if isinstance(term, Mapping) else None
+        where = (*base, "nodeSelectorTerms", str(i), "matchExpressions")
+        if isinstance(exprs, list):
+            if expr not in exprs:
+                ops.append({"op": "add", "path": pointer(where) + "/-", "value": expr})
+        elif isinstance(term, Mapping):
+            ops.append({"op": "add", "path": pointer(where), "value": [expr]})
+    return ops

@@ -1,0 +1,145 @@
+"""The streaming policy: what streamgate does about each kind of problem, per namespace.
+
+Loaded once from YAML at start-up (and on reload); validation errors name the field. The
+evaluation core only reads a `Policy`; it never touches files or the environment.
+
+Modes, from strictest: `enforce` (deny rules deny), `warn` (deny rules only warn: the default,
+so installing streamgate never blocks anyone), `audit` (no warnings, annotations and logs
+only), `off` (nothing). A namespace picks its own mode with the label `streamgate.io/mode`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MODE_LABEL = "streamgate.io/mode"
+EXEMPT_ANNOTATION = "streamgate.io/exempt"
+DEFAULT_ACR_SUFFIXES = (".azurecr.io", ".azurecr.cn", ".azurecr.us")
+
+
+class Mode(StrEnum):
+    ENFORCE = "enforce"
+    WARN = "warn"
+    AUDIT = "audit"
+    OFF = "off"
+
+
+class Action(StrEnum):
+    DENY = "deny"
+    WARN = "warn"
+    IGNORE = "ignore"
+
+
+class OnError(StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Rules(_Strict):
+    """One action per kind of problem. `deny` denies only in `enforce` mode."""
+
+    not_streamable: Action = Field(Action.DENY, alias="notStreamable")
+    pools_cannot_stream: Action = Field(Action.DENY, alias="poolsCannotStream")
+    pools_may_not_stream: Action = Field(Action.WARN, alias="poolsMayNotStream")
+    digest_pinned: Action = Field(Action.WARN, alias="digestPinned")
+    image_pull_secrets: Action = Field(Action.WARN, alias="imagePullSecrets")
+    not_acr: Action = Field(Action.IGNORE, alias="notAcr")
+    invalid_image: Action = Field(Action.WARN, alias="invalidImage")
+
+
+class Exemptions(_Strict):
+    namespaces: tuple[str, ...] = ("kube-system",)
+    images: tuple[str, ...] = ()  # fnmatch patterns on the image string as written
+
+    def image_exempt(self, image: str) -> bool:
+        return any(fnmatch.fnmatchcase(image, pattern) for pattern in self.images)
+
+
+class Steering(_Strict):
+    """Opt-in: /mutate adds a required node-affinity term that keeps pods on streaming pools."""
+
+    enabled: bool = False
+
+
+class Policy(_Strict):
+    mode: Mode = Mode.WARN
+    on_error: OnError = Field(OnError.ALLOW, alias="onError")
+    # Registries treated as ACR besides *.azurecr.io/.cn/.us: host names or fnmatch patterns
+    # (custom domains, test registries). A port is part of the host.
+    acr_registries: tuple[str, ...] = Field((), alias="acrRegistries")
+    rules: Rules = Rules()
+    exemptions: Exemptions = Exemptions()
+    # Pods owned by a controller streamgate also judges (ReplicaSet, Job, ...) were judged
+    # through their owner: by default they are annotated and warned about, never denied.
+    deny_controlled_pods: bool = Field(False, alias="denyControlledPods")
+    steering: Steering = Steering()
+    namespace_modes: dict[str, Mode] = Field(default_factory=dict, alias="namespaceModes")
+
+    @field_validator("acr_registries")
+    @classmethod
+    def _hosts_lower(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for host in value:
+            if not host or "/" in host or " " in host:
+                raise ValueError(f"{host!r} is not a registry host (like myreg.example.com:5000)")
+        return tuple(h.lower() for h in value)
+
+    def is_acr(self, registry: str) -> bool:
+        host = registry.lower()
+        if host.endswith(DEFAULT_ACR_SUFFIXES):
+            return True
+        return any(fnmatch.fnmatchcase(host, pattern) for pattern in self.acr_registries)
+
+
+class PolicyError(ValueError):
+    """The policy file is unreadable or invalid; the message names the file and the field."""
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def parse_policy(data: Any, *, source: str = "policy") -> Policy:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PolicyError(f"{source}: the policy must be a mapping, not {type(data).__name__}")
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as err:
+        lines = [f"{_field_path(e['loc'])}: {e['msg']}" for e in err.errors()]
+        raise PolicyError(f"{source}: invalid policy: " + "; ".join(lines)) from err
+
+
+def load_policy(path: str | Path | None) -> Policy:
+    """Read and validate a policy file; None gives the default policy."""
+    if path is None:
+        return Policy()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except OSError as err:
+        raise PolicyError(f"{path}: cannot read the policy file: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        raise PolicyError(f"{path}: not valid YAML: {err}") from err
+    return parse_policy(data, source=str(path))
+
+
+_MODE_VALUES = re.compile("|".join(m.value for m in Mode))
+
+
+def mode_from_label(value: str | None) -> Mode | None:
+    """The mode a namespace label asks for, or None when absent or not a mode."""
+    if value and _MODE_VALUES.fullmatch(value):
+        return Mode(value)
+    return None
