@@ -159,7 +159,7 @@ def _image_problems(
             "onError",
             action,
             messages.unknown(
-                label, ref.raw, verdict.reason, denied=deny and judge.mode is Mode.ENFORCE
+                label, ref, verdict.reason, denied=deny and judge.mode is Mode.ENFORCE
             ),
             label,
         )

@@ -63,10 +63,10 @@ class ImageRef:
 
 def _split_domain(name: str) -> tuple[str, str]:
     first, sep, rest = name.partition("/")
+    if sep and first == "index.docker.io":
+        return DOCKER_HUB, rest
     if sep and ("." in first or ":" in first or first == "localhost"):
         return first, rest
-    if first == "index.docker.io":
-        return DOCKER_HUB, rest
     return DOCKER_HUB, name if sep else f"library/{name}"
 
 
@@ -82,10 +82,10 @@ def parse_image(raw: str) -> ImageRef:
     if raw != raw.strip():
         raise InvalidImageRef("image has leading or trailing spaces")
     rest, _, digest = raw.partition("@")
-    if digest and not _DIGEST.match(digest):
-        raise InvalidImageRef(f"invalid digest {digest[:80]!r}")
     if digest.startswith("sha256:") and not _SHA256.match(digest):
         raise InvalidImageRef("sha256 digest must be 64 lower-case hex characters")
+    if digest and not _DIGEST.match(digest):
+        raise InvalidImageRef(f"invalid digest {digest[:80]!r}")
     tag: str | None = None
     slash = rest.rfind("/")
     colon = rest.rfind(":")

@@ -30,22 +30,31 @@ def short(text: str, budget: int = _IMAGE_BUDGET) -> str:
     return text[:head] + _ELLIPSIS + text[-(budget - 1 - head) :]
 
 
+def display(ref: ImageRef, budget: int = _IMAGE_BUDGET) -> str:
+    """The image as written, with a digest cut to its first 12 hex characters."""
+    text = ref.raw
+    if ref.digest:
+        algo, _, hexpart = ref.digest.partition(":")
+        text = text.replace(ref.digest, f"{algo}:{hexpart[:12]}{_ELLIPSIS}")
+    return short(text, budget)
+
+
 def repo_tag(ref: ImageRef) -> str:
     return f"{ref.repository}:{ref.tag or 'latest'}"
 
 
 def not_streamable(label: str, ref: ImageRef, reason: str) -> str:
     detail = reason or f"run: az acr artifact-streaming create --image {repo_tag(ref)}"
-    return fit(f"{label}: {short(ref.raw)} has no streaming artifact; {detail}")
+    return fit(f"{label}: {display(ref)} has no streaming artifact; {detail}")
 
 
-def unknown(label: str, image: str, reason: str, *, denied: bool) -> str:
+def unknown(label: str, ref: ImageRef, reason: str, *, denied: bool) -> str:
     outcome = "denied (onError: deny)" if denied else "allowed"
-    return fit(f"{label}: {short(image, 48)} not checked ({reason or 'unknown'}); {outcome}")
+    return fit(f"{label}: {display(ref, 48)} not checked: {reason or 'unknown'}; {outcome}")
 
 
 def digest_pinned(label: str, ref: ImageRef) -> str:
-    return fit(f"{label}: {short(ref.raw, 48)} is pinned by digest; AKS streams tag pulls only")
+    return fit(f"{label}: {display(ref, 48)} is pinned by digest; AKS streams tag pulls only")
 
 
 def pull_secrets() -> str:
@@ -56,7 +65,7 @@ def pull_secrets() -> str:
 
 
 def not_acr(label: str, ref: ImageRef) -> str:
-    return fit(f"{label}: {short(ref.raw)} is not from ACR and can't stream")
+    return fit(f"{label}: {display(ref)} is not from ACR and can't stream")
 
 
 def invalid_image(label: str, image: object, reason: str) -> str:

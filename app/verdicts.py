@@ -53,4 +53,4 @@ class OfflineVerdicts:
     """The source for `check --offline`: no registry is asked, every ACR image is unknown."""
 
     async def verdict(self, ref: ImageRef) -> ImageVerdict:
-        return ImageVerdict(Verdict.UNKNOWN, "registry not consulted (offline)")
+        return ImageVerdict(Verdict.UNKNOWN, "offline, registry not asked")

@@ -1,0 +1,45 @@
+# streamgate: the front door. `make demo` shows it working; `make test` runs every test.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export STREAMGATE_CACHE ?= $(HOME)/.cache/streamgate
+
+.PHONY: install lint format test unit run demo demo-down bench clean
+
+install: $(STAMP) ## create .venv and install streamgate with its dev tools
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+lint: install ## ruff and mypy --strict
+	$(BIN)/ruff check app tests hack
+	$(BIN)/ruff format --check app tests hack
+	$(BIN)/mypy app
+
+format: install
+	$(BIN)/ruff format app tests hack
+	$(BIN)/ruff check --fix app tests hack
+
+test: lint ## lint, then every test (unit, real registries, real control plane)
+	@$(BIN)/python -m pytest -ra $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests - that is a failure" >&2; exit 1; fi; \
+	exit $$rc
+
+unit: install ## unit tests only (no registries, no cluster)
+	$(BIN)/python -m pytest -q tests/unit
+
+run: install ## the webhook alone on https://127.0.0.1:8443 with a self-signed certificate
+	@$(BIN)/streamgate certs .demo/certs
+	@echo "URL: https://127.0.0.1:8443/validate and /mutate"
+	$(BIN)/streamgate serve --host 127.0.0.1 --port 8443 --cert .demo/certs/tls.crt --key .demo/certs/tls.key
+
+demo: install ## the main job on a local registry (and cluster)
+	@hack/demo.sh
+
+clean:
+	rm -rf $(VENV) .demo .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,180 @@
+import asyncio
+import time
+
+import pytest
+
+from app.admission import Admission
+from app.images import ImageRef
+from app.policy import Mode, parse_policy
+from app.pools import NoInventory, Placement, PoolFit, Streaming
+from app.review import AdmissionRequest, ReviewError
+from app.verdicts import ImageVerdict, Verdict
+
+ACR = "myreg.azurecr.io"
+
+
+class MemoryVerdicts:
+    """An in-memory verdict source for unit tests: answers from a dict, after `delay`."""
+
+    def __init__(self, answers=None, delay=0.0, fail=False):
+        self.answers = answers or {}
+        self.delay = delay
+        self.fail = fail
+        self.calls = []
+
+    async def verdict(self, ref: ImageRef) -> ImageVerdict:
+        self.calls.append(ref.raw)
+        await asyncio.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("boom")
+        return self.answers.get(ref.raw, ImageVerdict(Verdict.STREAMABLE))
+
+
+class FixedPlacement:
+    def __init__(self, placement=None, fail=False):
+        self.placement = placement or Placement(False)
+        self.fail = fail
+
+    def place(self, pod_spec):
+        if self.fail:
+            raise ValueError("inventory bug")
+        return self.placement
+
+
+class Labels:
+    def __init__(self, modes):
+        self.modes = modes
+
+    def mode(self, namespace):
+        return self.modes.get(namespace)
+
+
+def admission(verdicts=None, placement=None, namespaces=None, deadline=1.0, **policy):
+    pol = parse_policy(policy)
+    return Admission(
+        policy=lambda: pol,
+        verdicts=verdicts or MemoryVerdicts(),
+        placement=placement or NoInventory(),
+        namespaces=namespaces or Labels({}),
+        lookup_deadline=deadline,
+    )
+
+
+def pod(*images, name="p"):
+    return {"metadata": {"name": name},
+            "spec": {"containers": [{"name": f"c{i}", "image": im} for i, im in enumerate(images)]}}
+
+
+def request(obj, *, op="CREATE", old=None, sub="", kind="Pod", group="", ns="default"):
+    return AdmissionRequest(
+        api_version="admission.k8s.io/v1", uid="u", group=group, kind=kind, sub_resource=sub,
+        operation=op, namespace=ns, name="p", obj=obj, old_obj=old, dry_run=False, user="me",
+    )
+
+
+@pytest.mark.parametrize(
+    ("req", "reason"),
+    [
+        (request(None, op="DELETE"), "operation DELETE"),
+        (request(pod(f"{ACR}/a:1"), op="CONNECT"), "operation CONNECT"),
+        (request(pod(f"{ACR}/a:1"), op="UPDATE", sub="status"), "subresource status"),
+        (request({"spec": {}}, op="UPDATE", sub="scale", kind="Deployment", group="apps"),
+         "subresource scale"),
+        (request({"spec": {"ports": []}}, kind="Service"), "kind Service is not judged"),
+        (request(pod(f"{ACR}/a:1"), ns="kube-system"), "namespace kube-system is exempt"),
+        (request(pod(f"{ACR}/a:1"), op="UPDATE", old=pod(f"{ACR}/a:1", name="old")),
+         "images and scheduling unchanged"),
+    ],
+    ids=["delete", "connect", "status", "scale", "service", "kube-system", "unchanged-update"],
+)
+async def test_skips_without_registry_work(req, reason):
+    source = MemoryVerdicts()
+    decision, _ = await admission(source).decide(req)
+    assert decision.skipped == reason and decision.allowed
+    assert source.calls == []
+
+
+async def test_changed_update_and_ephemeral_containers_are_judged():
+    source = MemoryVerdicts({f"{ACR}/dbg:1": ImageVerdict(Verdict.NOT_STREAMABLE)})
+    adm = admission(source, mode="enforce")
+    old = pod(f"{ACR}/a:1")
+    new = pod(f"{ACR}/a:1")
+    new["spec"]["ephemeralContainers"] = [{"name": "dbg", "image": f"{ACR}/dbg:1"}]
+    decision, _ = await adm.decide(request(new, op="UPDATE", old=old, sub="ephemeralcontainers"))
+    assert not decision.allowed
+    assert sorted(source.calls) == [f"{ACR}/a:1", f"{ACR}/dbg:1"]
+
+
+async def test_one_lookup_per_distinct_image():
+    source = MemoryVerdicts()
+    await admission(source).decide(request(pod(f"{ACR}/a:1", f"{ACR}/a:1", f"{ACR}/b:1", "nginx")))
+    assert sorted(source.calls) == [f"{ACR}/a:1", f"{ACR}/b:1"]
+
+
+async def test_deadline_gives_unknown_and_lookup_goes_on():
+    source = MemoryVerdicts(delay=0.5)
+    adm = admission(source, deadline=0.05)
+    started = time.perf_counter()
+    decision, _ = await adm.decide(request(pod(f"{ACR}/slow:1")))
+    assert time.perf_counter() - started < 0.3
+    assert decision.reports[0].verdict == ImageVerdict(Verdict.UNKNOWN, "registry timed out")
+    assert len(adm._background) == 1
+    await asyncio.sleep(0.6)
+    assert adm._background == set()
+
+
+async def test_source_that_raises_gives_unknown():
+    decision, _ = await admission(MemoryVerdicts(fail=True)).decide(request(pod(f"{ACR}/a:1")))
+    assert decision.reports[0].verdict.verdict is Verdict.UNKNOWN
+    assert decision.allowed
+
+
+@pytest.mark.parametrize(
+    ("on_error", "mode", "allowed"),
+    [("allow", "enforce", True), ("deny", "enforce", False), ("deny", "warn", True)],
+    ids=["allow", "deny-enforce", "deny-warn"],
+)
+async def test_internal_failure_answers_on_error(on_error, mode, allowed):
+    adm = admission(placement=FixedPlacement(fail=True), onError=on_error, mode=mode)
+    answer = await adm.answer(request(pod(f"{ACR}/a:1")), "validate")
+    assert answer.allowed is allowed
+    text = answer.warnings[0] if allowed else answer.message
+    assert "internal error" in text
+
+
+async def test_missing_pod_spec_is_a_bad_review():
+    with pytest.raises(ReviewError, match="spec.template"):
+        await admission().answer(request({"spec": {}}, kind="Deployment", group="apps"), "validate")
+
+
+async def test_namespace_label_overrides_policy_mode():
+    nope = MemoryVerdicts({f"{ACR}/a:1": ImageVerdict(Verdict.NOT_STREAMABLE)})
+    adm = admission(nope, namespaces=Labels({"strict": Mode.ENFORCE}), namespaceModes={"quiet": "off"})
+    strict = await adm.answer(request(pod(f"{ACR}/a:1"), ns="strict"), "validate")
+    assert not strict.allowed and "can't use artifact streaming" in strict.message
+    relaxed = await adm.answer(request(pod(f"{ACR}/a:1"), ns="other"), "validate")
+    assert relaxed.allowed and len(relaxed.warnings) == 1
+    quiet = await adm.answer(request(pod(f"{ACR}/a:1"), ns="quiet"), "validate")
+    assert quiet.allowed and quiet.warnings == ()
+
+
+async def test_mutate_patches_but_never_warns_and_validate_never_patches():
+    adm = admission(placement=FixedPlacement(Placement(True, (
+        PoolFit("a", Streaming.YES), PoolFit("b", Streaming.NO, ("arm64",))), ("k", "true"))),
+        steering={"enabled": True})
+    req = request(pod(f"{ACR}/a:1"))
+    mutate = await adm.answer(req, "mutate")
+    validate = await adm.answer(req, "validate")
+    assert mutate.warnings == () and mutate.allowed
+    paths = [op["path"] for op in mutate.patch]
+    assert paths == ["/metadata/annotations", "/spec/affinity"]
+    assert validate.patch == () and len(validate.warnings) == 1
+
+
+async def test_mutate_leaves_subresource_updates_alone():
+    old = pod(f"{ACR}/a:1")
+    new = pod(f"{ACR}/a:1")
+    new["spec"]["ephemeralContainers"] = [{"name": "d", "image": f"{ACR}/d:1"}]
+    answer = await admission().answer(
+        request(new, op="UPDATE", old=old, sub="ephemeralcontainers"), "mutate")
+    assert answer.patch == ()
