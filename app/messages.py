@@ -36,6 +36,8 @@ def display(ref: ImageRef, budget: int = _IMAGE_BUDGET) -> str:
     if ref.digest:
         algo, _, hexpart = ref.digest.partition(":")
         text = text.replace(ref.digest, f"{algo}:{hexpart[:12]}{_ELLIPSIS}")
+    if len(text) > budget and text.startswith(ref.registry + "/"):
+        text = text[len(ref.registry) + 1 :]  # the repository says more than the host
     return short(text, budget)
 
 
@@ -44,8 +46,13 @@ def repo_tag(ref: ImageRef) -> str:
 
 
 def not_streamable(label: str, ref: ImageRef, reason: str) -> str:
-    detail = reason or f"run: az acr artifact-streaming create --image {repo_tag(ref)}"
-    return fit(f"{label}: {display(ref)} has no streaming artifact; {detail}")
+    """Names the image and the fix; drops the registry host before it cuts the command."""
+    fix = f"az acr artifact-streaming create --image {repo_tag(ref)}"
+    detail = f"{reason}; fix: {fix}" if reason else f"fix: {fix}"
+    full = f"{label}: {display(ref)} has no streaming artifact; {detail}"
+    if len(full) <= MAX_WARNING:
+        return full
+    return fit(f"{label}: {short(repo_tag(ref), 40)} has no streaming artifact; {detail}")
 
 
 def unknown(label: str, ref: ImageRef, reason: str, *, denied: bool) -> str:

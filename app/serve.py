@@ -69,11 +69,20 @@ def _tls_files(settings: ServeSettings) -> tuple[Path, Path, Path | None]:
     raise SystemExit("streamgate serve: give --cert and --key, or --self-signed DIR")
 
 
-async def serve(settings: ServeSettings, admission: Admission) -> None:
+@dataclass
+class Running:
+    """A configured server: run `server.serve()`; `reloader` keeps its certificate fresh."""
+
+    server: uvicorn.Server
+    reloader: CertReloader
+    url: str
+    ca: Path | None
+
+
+def build_server(settings: ServeSettings, admission: Admission) -> Running:
     cert, key, ca = _tls_files(settings)
-    app = create_app(admission)
     config = uvicorn.Config(
-        app,
+        create_app(admission),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -85,14 +94,16 @@ async def serve(settings: ServeSettings, admission: Admission) -> None:
     context = server_context(cert, key)
     config.ssl = context
     reloader = CertReloader(context, cert, key, interval=settings.cert_reload_interval)
-    server = uvicorn.Server(config)
     url = f"https://{settings.host}:{settings.port}"
-    logger.info("streamgate listening on %s (validate, mutate, healthz, readyz)", url)
-    if ca is not None:
-        logger.info("caBundle (base64 of %s) is printed by `make run`", ca)
-    reload_task = asyncio.create_task(reloader.run())
+    return Running(uvicorn.Server(config), reloader, url, ca)
+
+
+async def serve(settings: ServeSettings, admission: Admission) -> None:
+    running = build_server(settings, admission)
+    logger.info("streamgate listening on %s (validate, mutate, healthz, readyz)", running.url)
+    reload_task = asyncio.create_task(running.reloader.run())
     try:
-        await server.serve()
+        await running.server.serve()
     finally:
         reload_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -4,30 +4,13 @@ import time
 import pytest
 
 from app.admission import Admission
-from app.images import ImageRef
 from app.policy import Mode, parse_policy
 from app.pools import NoInventory, Placement, PoolFit, Streaming
 from app.review import AdmissionRequest, ReviewError
 from app.verdicts import ImageVerdict, Verdict
+from tests.memory import MemoryVerdicts
 
 ACR = "myreg.azurecr.io"
-
-
-class MemoryVerdicts:
-    """An in-memory verdict source for unit tests: answers from a dict, after `delay`."""
-
-    def __init__(self, answers=None, delay=0.0, fail=False):
-        self.answers = answers or {}
-        self.delay = delay
-        self.fail = fail
-        self.calls = []
-
-    async def verdict(self, ref: ImageRef) -> ImageVerdict:
-        self.calls.append(ref.raw)
-        await asyncio.sleep(self.delay)
-        if self.fail:
-            raise RuntimeError("boom")
-        return self.answers.get(ref.raw, ImageVerdict(Verdict.STREAMABLE))
 
 
 class FixedPlacement:
@@ -61,14 +44,26 @@ def admission(verdicts=None, placement=None, namespaces=None, deadline=1.0, **po
 
 
 def pod(*images, name="p"):
-    return {"metadata": {"name": name},
-            "spec": {"containers": [{"name": f"c{i}", "image": im} for i, im in enumerate(images)]}}
+    return {
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": f"c{i}", "image": im} for i, im in enumerate(images)]},
+    }
 
 
 def request(obj, *, op="CREATE", old=None, sub="", kind="Pod", group="", ns="default"):
     return AdmissionRequest(
-        api_version="admission.k8s.io/v1", uid="u", group=group, kind=kind, sub_resource=sub,
-        operation=op, namespace=ns, name="p", obj=obj, old_obj=old, dry_run=False, user="me",
+        api_version="admission.k8s.io/v1",
+        uid="u",
+        group=group,
+        kind=kind,
+        sub_resource=sub,
+        operation=op,
+        namespace=ns,
+        name="p",
+        obj=obj,
+        old_obj=old,
+        dry_run=False,
+        user="me",
     )
 
 
@@ -78,12 +73,16 @@ def request(obj, *, op="CREATE", old=None, sub="", kind="Pod", group="", ns="def
         (request(None, op="DELETE"), "operation DELETE"),
         (request(pod(f"{ACR}/a:1"), op="CONNECT"), "operation CONNECT"),
         (request(pod(f"{ACR}/a:1"), op="UPDATE", sub="status"), "subresource status"),
-        (request({"spec": {}}, op="UPDATE", sub="scale", kind="Deployment", group="apps"),
-         "subresource scale"),
+        (
+            request({"spec": {}}, op="UPDATE", sub="scale", kind="Deployment", group="apps"),
+            "subresource scale",
+        ),
         (request({"spec": {"ports": []}}, kind="Service"), "kind Service is not judged"),
         (request(pod(f"{ACR}/a:1"), ns="kube-system"), "namespace kube-system is exempt"),
-        (request(pod(f"{ACR}/a:1"), op="UPDATE", old=pod(f"{ACR}/a:1", name="old")),
-         "images and scheduling unchanged"),
+        (
+            request(pod(f"{ACR}/a:1"), op="UPDATE", old=pod(f"{ACR}/a:1", name="old")),
+            "images and scheduling unchanged",
+        ),
     ],
     ids=["delete", "connect", "status", "scale", "service", "kube-system", "unchanged-update"],
 )
@@ -143,13 +142,15 @@ async def test_internal_failure_answers_on_error(on_error, mode, allowed):
 
 
 async def test_missing_pod_spec_is_a_bad_review():
-    with pytest.raises(ReviewError, match="spec.template"):
+    with pytest.raises(ReviewError, match=r"spec\.template"):
         await admission().answer(request({"spec": {}}, kind="Deployment", group="apps"), "validate")
 
 
 async def test_namespace_label_overrides_policy_mode():
     nope = MemoryVerdicts({f"{ACR}/a:1": ImageVerdict(Verdict.NOT_STREAMABLE)})
-    adm = admission(nope, namespaces=Labels({"strict": Mode.ENFORCE}), namespaceModes={"quiet": "off"})
+    adm = admission(
+        nope, namespaces=Labels({"strict": Mode.ENFORCE}), namespaceModes={"quiet": "off"}
+    )
     strict = await adm.answer(request(pod(f"{ACR}/a:1"), ns="strict"), "validate")
     assert not strict.allowed and "can't use artifact streaming" in strict.message
     relaxed = await adm.answer(request(pod(f"{ACR}/a:1"), ns="other"), "validate")
@@ -159,9 +160,16 @@ async def test_namespace_label_overrides_policy_mode():
 
 
 async def test_mutate_patches_but_never_warns_and_validate_never_patches():
-    adm = admission(placement=FixedPlacement(Placement(True, (
-        PoolFit("a", Streaming.YES), PoolFit("b", Streaming.NO, ("arm64",))), ("k", "true"))),
-        steering={"enabled": True})
+    adm = admission(
+        placement=FixedPlacement(
+            Placement(
+                True,
+                (PoolFit("a", Streaming.YES), PoolFit("b", Streaming.NO, ("arm64",))),
+                ("k", "true"),
+            )
+        ),
+        steering={"enabled": True},
+    )
     req = request(pod(f"{ACR}/a:1"))
     mutate = await adm.answer(req, "mutate")
     validate = await adm.answer(req, "validate")
@@ -176,5 +184,6 @@ async def test_mutate_leaves_subresource_updates_alone():
     new = pod(f"{ACR}/a:1")
     new["spec"]["ephemeralContainers"] = [{"name": "d", "image": f"{ACR}/d:1"}]
     answer = await admission().answer(
-        request(new, op="UPDATE", old=old, sub="ephemeralcontainers"), "mutate")
+        request(new, op="UPDATE", old=old, sub="ephemeralcontainers"), "mutate"
+    )
     assert answer.patch == ()

@@ -34,7 +34,9 @@ def deployment(*images, pull_secrets=False, annotations=None, template_annotatio
         spec["imagePullSecrets"] = [{"name": "acr"}]
     obj = {
         "metadata": {"name": "web", "annotations": annotations or {}},
-        "spec": {"template": {"metadata": {"annotations": template_annotations or {}}, "spec": spec}},
+        "spec": {
+            "template": {"metadata": {"annotations": template_annotations or {}}, "spec": spec}
+        },
     }
     return workload("apps", "Deployment", obj)
 
@@ -60,8 +62,11 @@ def test_streamable_everywhere_is_clean():
 
 @pytest.mark.parametrize(
     ("mode", "allowed", "severity"),
-    [(Mode.ENFORCE, False, Severity.DENY), (Mode.WARN, True, Severity.WARN),
-     (Mode.AUDIT, True, Severity.RECORD)],
+    [
+        (Mode.ENFORCE, False, Severity.DENY),
+        (Mode.WARN, True, Severity.WARN),
+        (Mode.AUDIT, True, Severity.RECORD),
+    ],
     ids=["enforce", "warn", "audit"],
 )
 def test_not_streamable_by_mode(mode, allowed, severity):
@@ -128,7 +133,8 @@ def test_custom_acr_registry_is_looked_up():
 
 def test_pull_secrets_warn_only_with_acr_images():
     assert rules(run(deployment(f"{ACR}/a:1", pull_secrets=True))) == [
-        ("imagePullSecrets", Severity.WARN)]
+        ("imagePullSecrets", Severity.WARN)
+    ]
     assert rules(run(deployment("nginx", pull_secrets=True))) == []
 
 
@@ -166,7 +172,8 @@ def test_exemption_annotation(kwargs, reason):
 
 def test_exempt_namespace():
     assert exemption(deployment("x"), "kube-system", parse_policy({})) == (
-        "namespace kube-system is exempt")
+        "namespace kube-system is exempt"
+    )
     assert exemption(deployment("x"), "apps", parse_policy({})) is None
 
 
@@ -202,8 +209,10 @@ def test_pools_ignored_without_acr_images():
 
 def test_controlled_pod_is_warned_not_denied_unless_policy_says():
     img = f"{ACR}/a:1"
-    obj = {"metadata": {"name": "p", "ownerReferences": [{"kind": "ReplicaSet", "controller": True}]},
-           "spec": {"containers": [{"name": "a", "image": img}]}}
+    obj = {
+        "metadata": {"name": "p", "ownerReferences": [{"kind": "ReplicaSet", "controller": True}]},
+        "spec": {"containers": [{"name": "a", "image": img}]},
+    }
     wl = workload("", "Pod", obj)
     assert run(wl, {img: NOPE}, mode=Mode.ENFORCE).allowed
     assert not run(wl, {img: NOPE}, mode=Mode.ENFORCE, denyControlledPods=True).allowed
@@ -213,15 +222,26 @@ def test_controlled_pod_is_warned_not_denied_unless_policy_says():
 
 def test_missing_verdict_counts_as_unknown():
     wl = deployment(f"{ACR}/a:1")
-    d = evaluate(wl, mode=Mode.WARN, policy=parse_policy({}), verdicts={}, placement=UNKNOWN_PLACEMENT)
+    d = evaluate(
+        wl, mode=Mode.WARN, policy=parse_policy({}), verdicts={}, placement=UNKNOWN_PLACEMENT
+    )
     assert d.reports[0].verdict.verdict is Verdict.UNKNOWN
 
 
 def test_every_message_fits_in_120_characters():
-    long_image = f"{ACR}/" + "/".join(["averyveryverylongrepositorysegment"] * 4) + ":v1.2.3-build.456789"
-    placement = Placement(True, tuple(PoolFit(f"pool{i:02d}withalongname", Streaming.NO,
-                                                ("arm64", "Confidential VM")) for i in range(12))
-                          + (OK_POOL,))
+    long_image = (
+        f"{ACR}/" + "/".join(["averyveryverylongrepositorysegment"] * 4) + ":v1.2.3-build.456789"
+    )
+    placement = Placement(
+        True,
+        (
+            *tuple(
+                PoolFit(f"pool{i:02d}withalongname", Streaming.NO, ("arm64", "Confidential VM"))
+                for i in range(12)
+            ),
+            OK_POOL,
+        ),
+    )
     wl = deployment(long_image, f"{ACR}/x@{D}", "Bad!", pull_secrets=True)
     d = run(wl, {long_image: NOPE}, placement=placement, rules={"notAcr": "warn"})
     assert len(d.problems) >= 4

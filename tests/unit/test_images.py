@@ -21,7 +21,9 @@ VALID = [
 ]
 
 
-@pytest.mark.parametrize(("raw", "registry", "repo", "tag", "digest"), VALID, ids=[v[0] for v in VALID])
+@pytest.mark.parametrize(
+    ("raw", "registry", "repo", "tag", "digest"), VALID, ids=[v[0] for v in VALID]
+)
 def test_parses_what_kubelet_accepts(raw, registry, repo, tag, digest):
     ref = parse_image(raw)
     assert (ref.registry, ref.repository, ref.tag, ref.digest) == (registry, repo, tag, digest)

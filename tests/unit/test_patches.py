@@ -55,7 +55,8 @@ def terms(out, path=("spec",)):
     for p in path:
         node = node[p]
     return node["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
-        "nodeSelectorTerms"]
+        "nodeSelectorTerms"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -63,15 +64,33 @@ def terms(out, path=("spec",)):
     [
         (None, [{"matchExpressions": [EXPR]}]),
         ({"podAntiAffinity": {}}, [{"matchExpressions": [EXPR]}]),
-        ({"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
-         [{"matchExpressions": [EXPR]}]),
-        ({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-            {"matchExpressions": [{"key": "a", "operator": "Exists"}]},
-            {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n"]}]},
-        ]}}},
-         [{"matchExpressions": [{"key": "a", "operator": "Exists"}, EXPR]},
-          {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n"]}],
-           "matchExpressions": [EXPR]}]),
+        (
+            {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
+            [{"matchExpressions": [EXPR]}],
+        ),
+        (
+            {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [
+                            {"matchExpressions": [{"key": "a", "operator": "Exists"}]},
+                            {
+                                "matchFields": [
+                                    {"key": "metadata.name", "operator": "In", "values": ["n"]}
+                                ]
+                            },
+                        ]
+                    }
+                }
+            },
+            [
+                {"matchExpressions": [{"key": "a", "operator": "Exists"}, EXPR]},
+                {
+                    "matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n"]}],
+                    "matchExpressions": [EXPR],
+                },
+            ],
+        ),
     ],
     ids=["none", "other-affinity", "preferred-only", "terms-anded"],
 )

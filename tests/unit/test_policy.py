@@ -2,7 +2,15 @@ from pathlib import Path
 
 import pytest
 
-from app.policy import Action, Mode, OnError, PolicyError, load_policy, mode_from_label, parse_policy
+from app.policy import (
+    Action,
+    Mode,
+    OnError,
+    PolicyError,
+    load_policy,
+    mode_from_label,
+    parse_policy,
+)
 
 DEFAULT_FILE = Path(__file__).parents[2] / "app" / "default-policy.yaml"
 
@@ -61,7 +69,7 @@ def test_bad_yaml_and_missing_file(tmp_path):
         ("127.0.0.1:25000", True),
         ("127.0.0.1:25001", False),
     ],
-    ids=lambda v: str(v),
+    ids=str,
 )
 def test_is_acr(host, acr):
     policy = parse_policy({"acrRegistries": ["*.contoso.com", "127.0.0.1:25000"]})

@@ -7,16 +7,28 @@ from app.review import AdmissionAnswer, ReviewError, parse_review, render
 
 
 def body(**request):
-    req = {"uid": "u-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
-           "operation": "CREATE", "object": {"spec": {}}}
+    req = {
+        "uid": "u-1",
+        "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "operation": "CREATE",
+        "object": {"spec": {}},
+    }
     req.update(request)
-    return orjson.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-                         "request": req})
+    return orjson.dumps(
+        {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": req}
+    )
 
 
 def test_parses_the_envelope():
-    req = parse_review(body(namespace="ns", name="p", dryRun=True,
-                            userInfo={"username": "alice"}, subResource="ephemeralcontainers"))
+    req = parse_review(
+        body(
+            namespace="ns",
+            name="p",
+            dryRun=True,
+            userInfo={"username": "alice"},
+            subResource="ephemeralcontainers",
+        )
+    )
     assert (req.uid, req.kind, req.group, req.namespace, req.name) == ("u-1", "Pod", "", "ns", "p")
     assert req.dry_run and req.user == "alice" and req.sub_resource == "ephemeralcontainers"
 
@@ -38,8 +50,21 @@ def test_parses_the_envelope():
         (body(object=[1]), "request.object"),
         (body(operation=7), "request.operation"),
     ],
-    ids=["empty", "json", "utf8", "array", "kind", "version", "no-request", "empty-uid",
-         "null-uid", "kind-type", "no-object", "object-type", "operation-type"],
+    ids=[
+        "empty",
+        "json",
+        "utf8",
+        "array",
+        "kind",
+        "version",
+        "no-request",
+        "empty-uid",
+        "null-uid",
+        "kind-type",
+        "no-object",
+        "object-type",
+        "operation-type",
+    ],
 )
 def test_malformed_reviews_say_why(raw, fragment):
     with pytest.raises(ReviewError) as err:
@@ -53,8 +78,17 @@ def test_delete_needs_no_object():
 
 def test_render_echoes_and_encodes_patch():
     req = parse_review(body())
-    out = orjson.loads(render(req, AdmissionAnswer(
-        allowed=False, message="no", warnings=("w",), patch=({"op": "add", "path": "/a", "value": 1},))))
+    out = orjson.loads(
+        render(
+            req,
+            AdmissionAnswer(
+                allowed=False,
+                message="no",
+                warnings=("w",),
+                patch=({"op": "add", "path": "/a", "value": 1},),
+            ),
+        )
+    )
     assert out["apiVersion"] == "admission.k8s.io/v1" and out["kind"] == "AdmissionReview"
     r = out["response"]
     assert r["uid"] == "u-1" and r["allowed"] is False

@@ -16,7 +16,10 @@ def wrap(kind, spec):
     if kind == "Pod":
         return {"metadata": {"name": "x"}, "spec": spec}
     if kind == "CronJob":
-        return {"metadata": {"name": "x"}, "spec": {"jobTemplate": {"spec": {"template": template}}}}
+        return {
+            "metadata": {"name": "x"},
+            "spec": {"jobTemplate": {"spec": {"template": template}}},
+        }
     return {"metadata": {"name": "x"}, "spec": {"template": template}}
 
 
@@ -53,7 +56,11 @@ def test_missing_pod_spec_says_where(kind, obj, where):
 
 
 def test_malformed_containers_are_skipped_not_fatal():
-    wl = workload("", "Pod", {"spec": {"containers": ["x", {"image": 3}, {"name": "a"}], "initContainers": "no"}})
+    wl = workload(
+        "",
+        "Pod",
+        {"spec": {"containers": ["x", {"image": 3}, {"name": "a"}], "initContainers": "no"}},
+    )
     got = [(c.name, c.image) for c in wl.containers()]
     assert got == [("#1", 3), ("a", None)]
 
@@ -61,8 +68,11 @@ def test_malformed_containers_are_skipped_not_fatal():
 def test_template_metadata_path_and_controller():
     dep = workload("apps", "Deployment", wrap("Deployment", pod_spec()))
     assert dep.template_metadata_path == ("spec", "template", "metadata")
-    pod = workload("", "Pod", {"metadata": {"ownerReferences": [
-        {"kind": "ReplicaSet", "controller": True}]}, "spec": {}})
+    pod = workload(
+        "",
+        "Pod",
+        {"metadata": {"ownerReferences": [{"kind": "ReplicaSet", "controller": True}]}, "spec": {}},
+    )
     assert pod.template_metadata_path is None
     assert pod.controller_kind == "ReplicaSet"
 

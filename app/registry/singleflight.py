@@ -1,0 +1,57 @@
+"""Share one run of some async work among all concurrent callers asking with the same key.
+
+The work runs in a task of its own: a caller that stops waiting (its deadline passed, it was
+cancelled) does not cancel the work, which finishes and stores its result wherever it stores
+it (a cache), so the next caller finds it warm. References to running tasks are kept here, so
+they are not garbage-collected half-way; `aclose()` cancels whatever is still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Hashable
+from functools import partial
+from typing import Generic, TypeVar
+
+logger = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+async def _call(work: Callable[[], Awaitable[V]]) -> V:
+    return await work()
+
+
+class SingleFlight(Generic[K, V]):
+    """Concurrent `run(key, work)` calls with equal keys await one shared task."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[K, asyncio.Task[V]] = {}
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def run(self, key: K, work: Callable[[], Awaitable[V]]) -> V:
+        task = self._tasks.get(key)
+        if task is None:
+            task = asyncio.create_task(_call(work))
+            self._tasks[key] = task
+            task.add_done_callback(partial(self._done, key))
+        return await asyncio.shield(task)
+
+    def _done(self, key: K, task: asyncio.Task[V]) -> None:
+        if self._tasks.get(key) is task:
+            del self._tasks[key]
+        if not task.cancelled() and task.exception() is not None:
+            # Retrieved here so a result nobody waited for is not reported as "never
+            # retrieved"; the callers that did wait have seen it already.
+            logger.debug("shared work for %r failed: %s", key, task.exception())
+
+    async def aclose(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
