@@ -12,8 +12,8 @@ from pathlib import Path
 from app import __version__
 from app.admission import DEFAULT_LOOKUP_DEADLINE
 from app.check import ManifestError, check, read_manifests, to_json, to_table
-from app.policy import Mode, PolicyError
-from app.serve import ServeSettings, build_admission, serve
+from app.policy import Mode, PolicyError, load_policy
+from app.serve import ServeSettings, Watches, build_admission, serve
 from app.tls import issue_self_signed
 from app.verdicts import OfflineVerdicts, VerdictSource
 
@@ -34,9 +34,26 @@ def _serve(args: argparse.Namespace) -> int:
         policy_path=args.policy,
         lookup_deadline=args.deadline,
         log_level=args.log_level,
+        kube=args.kubeconfig,
     )
-    admission = build_admission(settings, verdicts=_verdict_source(args))
-    asyncio.run(serve(settings, admission))
+    if settings.kube is None:
+        admission = build_admission(settings, verdicts=_verdict_source(args))
+        asyncio.run(serve(settings, admission))
+        return EXIT_OK
+    policy = load_policy(settings.policy_path)
+    watches = Watches(settings.kube, policy)
+    admission = build_admission(
+        settings,
+        verdicts=_verdict_source(args),
+        placement=watches.nodes,
+        namespaces=watches.namespaces,
+        policy=policy,
+    )
+    watches.start()
+    try:
+        asyncio.run(serve(settings, admission, ready=watches.ready))
+    finally:
+        watches.stop()
     return EXIT_OK
 
 
@@ -83,6 +100,12 @@ def parser() -> argparse.ArgumentParser:
         help="registry budget per admission, seconds",
     )
     s.add_argument("--log-level", default="info")
+    s.add_argument(
+        "--kubeconfig",
+        metavar="PATH|in-cluster",
+        help="watch node pools and namespace labels through this kubeconfig, or "
+        "'in-cluster' for the pod's service account (default: no cluster)",
+    )
     s.set_defaults(func=_serve)
 
     c = sub.add_parser("check", help="judge manifests offline, as the webhook would")

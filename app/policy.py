@@ -19,6 +19,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from app.nodes.rules import PoolRulesConfig
+
 MODE_LABEL = "streamgate.io/mode"
 EXEMPT_ANNOTATION = "streamgate.io/exempt"
 DEFAULT_ACR_SUFFIXES = (".azurecr.io", ".azurecr.cn", ".azurecr.us")
@@ -85,6 +87,8 @@ class Policy(_Strict):
     deny_controlled_pods: bool = Field(False, alias="denyControlledPods")
     steering: Steering = Steering()
     namespace_modes: dict[str, Mode] = Field(default_factory=dict, alias="namespaceModes")
+    # Which node pools can stream: rules keyed on AKS labels, each switchable (docs/node-pools.md).
+    pools: PoolRulesConfig = PoolRulesConfig()
 
     @field_validator("acr_registries")
     @classmethod

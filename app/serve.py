@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import uvicorn
 
-from app.admission import DEFAULT_LOOKUP_DEADLINE, Admission
+from app.admission import DEFAULT_LOOKUP_DEADLINE, Admission, NamespaceModes, NoNamespaceLabels
+from app.namespaces import NamespaceLabels
+from app.nodes.watcher import NodeWatcher, api_client_from_config
 from app.policy import Policy, load_policy
 from app.pools import NoInventory, PlacementSource
 from app.server import create_app
@@ -19,6 +22,8 @@ from app.tls import CertReloader, issue_self_signed, server_context
 from app.verdicts import VerdictSource
 
 logger = logging.getLogger(__name__)
+
+IN_CLUSTER = "in-cluster"
 
 
 @dataclass
@@ -33,6 +38,9 @@ class ServeSettings:
     lookup_deadline: float = DEFAULT_LOOKUP_DEADLINE
     cert_reload_interval: float = 5.0
     log_level: str = "info"
+    # Where the node and namespace watches read from: a kubeconfig path, "in-cluster", or
+    # None for no cluster (pools unknown, namespace modes from the policy only).
+    kube: str | None = None
 
 
 class _PolicyHolder:
@@ -45,17 +53,49 @@ class _PolicyHolder:
         return self.current
 
 
+class Watches:
+    """The cluster state admission reads: node pools and namespace labels, each watched in a
+    thread. Ready once both have listed everything."""
+
+    def __init__(self, kube: str, policy: Policy) -> None:
+        api = api_client_from_config(None if kube == IN_CLUSTER else kube)
+        self.nodes = NodeWatcher(api, rules=policy.pools)
+        self.namespaces = NamespaceLabels(api)
+
+    def start(self) -> None:
+        self.nodes.start()
+        self.namespaces.start()
+
+    def stop(self) -> None:
+        self.nodes.stop()
+        self.namespaces.stop()
+
+    def ready(self) -> tuple[bool, str]:
+        if not self.nodes.ready:
+            return False, "waiting for the first list of nodes and runtime classes"
+        if not self.namespaces.ready:
+            return False, "waiting for the first list of namespaces"
+        return True, f"ok (node inventory {self.nodes.age_seconds:.0f}s old)"
+
+
+def _always_ready() -> tuple[bool, str]:
+    return True, "ok"
+
+
 def build_admission(
     settings: ServeSettings,
     *,
     verdicts: VerdictSource,
     placement: PlacementSource | None = None,
+    namespaces: NamespaceModes | None = None,
+    policy: Policy | None = None,
 ) -> Admission:
-    holder = _PolicyHolder(load_policy(settings.policy_path))
+    holder = _PolicyHolder(policy or load_policy(settings.policy_path))
     return Admission(
         policy=holder,
         verdicts=verdicts,
         placement=placement or NoInventory(),
+        namespaces=namespaces or NoNamespaceLabels(),
         lookup_deadline=settings.lookup_deadline,
     )
 
@@ -79,10 +119,15 @@ class Running:
     ca: Path | None
 
 
-def build_server(settings: ServeSettings, admission: Admission) -> Running:
+def build_server(
+    settings: ServeSettings,
+    admission: Admission,
+    *,
+    ready: Callable[[], tuple[bool, str]] = _always_ready,
+) -> Running:
     cert, key, ca = _tls_files(settings)
     config = uvicorn.Config(
-        create_app(admission),
+        create_app(admission, ready=ready),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -98,8 +143,13 @@ def build_server(settings: ServeSettings, admission: Admission) -> Running:
     return Running(uvicorn.Server(config), reloader, url, ca)
 
 
-async def serve(settings: ServeSettings, admission: Admission) -> None:
-    running = build_server(settings, admission)
+async def serve(
+    settings: ServeSettings,
+    admission: Admission,
+    *,
+    ready: Callable[[], tuple[bool, str]] = _always_ready,
+) -> None:
+    running = build_server(settings, admission, ready=ready)
     logger.info("streamgate listening on %s (validate, mutate, healthz, readyz)", running.url)
     reload_task = asyncio.create_task(running.reloader.run())
     try:
