@@ -12,7 +12,10 @@ from pathlib import Path
 from app import __version__
 from app.admission import DEFAULT_LOOKUP_DEADLINE
 from app.check import ManifestError, check, read_manifests, to_json, to_table
+from app.nodes.placement import PlacementIndex
+from app.nodes.watcher import NodeWatcher
 from app.policy import Mode, PolicyError, load_policy
+from app.poolreport import inventory_from_file, pool_table
 from app.serve import ServeSettings, Watches, build_admission, serve
 from app.tls import issue_self_signed
 from app.verdicts import OfflineVerdicts, VerdictSource
@@ -59,7 +62,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     settings = ServeSettings(policy_path=args.policy, lookup_deadline=args.deadline)
-    admission = build_admission(settings, verdicts=_verdict_source(args))
+    policy = load_policy(args.policy)
+    placement = None
+    if args.nodes:
+        inventory = inventory_from_file(args.nodes, pool_labels=policy.pools.pool_labels)
+        placement = PlacementIndex(inventory, policy.pools)
+    admission = build_admission(
+        settings, verdicts=_verdict_source(args), placement=placement, policy=policy
+    )
     if args.mode:
         policy = admission.policy().model_copy(update={"mode": Mode(args.mode)})
         admission.policy = lambda: policy
@@ -67,6 +77,27 @@ def _check(args: argparse.Namespace) -> int:
     results = asyncio.run(check(docs, admission, namespace=args.namespace))
     print(to_json(results) if args.output == "json" else to_table(results))
     return EXIT_DENIED if any(r.denied for r in results) else EXIT_OK
+
+
+def _pools(args: argparse.Namespace) -> int:
+    policy = load_policy(args.policy)
+    if args.nodes:
+        inventory = inventory_from_file(args.nodes, pool_labels=policy.pools.pool_labels)
+        print(pool_table(PlacementIndex(inventory, policy.pools)))
+        return EXIT_OK
+    watcher = NodeWatcher.from_config(args.kubeconfig, rules=policy.pools)
+    watcher.start()
+    try:
+        if not watcher.wait_ready(args.timeout):
+            print(
+                f"streamgate: no node list within {args.timeout}s: {watcher.last_error}",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        print(pool_table(watcher.index))
+    finally:
+        watcher.stop()
+    return EXIT_OK
 
 
 def _certs(args: argparse.Namespace) -> int:
@@ -121,9 +152,27 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--namespace", default="default", help="for objects without one")
     c.add_argument("--mode", choices=[m.value for m in Mode], help="override the policy mode")
     c.add_argument("--offline", action="store_true", help="do not ask registries")
+    c.add_argument(
+        "--nodes",
+        type=Path,
+        metavar="FILE",
+        help="judge placement against `kubectl get nodes,runtimeclasses -o yaml` output",
+    )
     c.add_argument("--deadline", type=float, default=10.0)
     c.add_argument("-o", "--output", choices=["table", "json"], default="table")
     c.set_defaults(func=_check)
+
+    n = sub.add_parser("pools", help="list node pools and whether each can stream")
+    n.add_argument("--kubeconfig", help="default: ~/.kube/config or $KUBECONFIG")
+    n.add_argument(
+        "--nodes",
+        type=Path,
+        metavar="FILE",
+        help="read `kubectl get nodes,runtimeclasses -o yaml` output instead",
+    )
+    n.add_argument("--policy", type=Path)
+    n.add_argument("--timeout", type=float, default=20.0)
+    n.set_defaults(func=_pools)
 
     t = sub.add_parser("certs", help="write a self-signed CA and serving pair")
     t.add_argument("dir", type=Path)
@@ -137,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "host", None) is None and args.command == "certs":
         args.host = ["127.0.0.1", "localhost"]
     logging.basicConfig(
-        level=getattr(args, "log_level", "info").upper(),
+        level=getattr(args, "log_level", "warning").upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     try:
