@@ -8,6 +8,7 @@
 #
 # What runs (all on 127.0.0.1, see docs/registries.md):
 #   olareg          :25000  plain HTTP, in-memory, OCI 1.1 referrers API
+#   olareg-paged    :25004  the same with 4 KiB referrers pages (Link: rel=next), our small main
 #   distribution    :25001  Debian docker-registry 2.8, no auth, no referrers API (404)
 #   basic           :25002  docker-registry 2.8, htpasswd basic auth (sg-user / sg-pass)
 #   token registry  :25003  docker-registry 2.8, Docker token auth; tokens come from the ACR front
@@ -34,6 +35,8 @@ OLAREG_PORT=${STREAMGATE_OLAREG_PORT:-25000}
 DIST_PORT=${STREAMGATE_DISTRIBUTION_PORT:-25001}
 BASIC_PORT=${STREAMGATE_BASIC_PORT:-25002}
 TOKEN_PORT=${STREAMGATE_TOKEN_REGISTRY_PORT:-25003}
+PAGED_PORT=${STREAMGATE_OLAREG_PAGED_PORT:-25004}
+PAGED_LIMIT=${STREAMGATE_OLAREG_PAGED_LIMIT:-4096}
 FRONT_PORT=${STREAMGATE_ACR_FRONT_PORT:-25443}
 
 BASIC_USER=sg-user
@@ -55,7 +58,7 @@ else
   PYTHON=python3
 fi
 
-INSTANCES=(olareg distribution basic token front)
+INSTANCES=(olareg paged distribution basic token front)
 
 log() { printf 'registries: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -63,6 +66,7 @@ die() { log "error: $*"; exit 1; }
 port_of() {
   case $1 in
     olareg) echo "$OLAREG_PORT" ;;
+    paged) echo "$PAGED_PORT" ;;
     distribution) echo "$DIST_PORT" ;;
     basic) echo "$BASIC_PORT" ;;
     token) echo "$TOKEN_PORT" ;;
@@ -76,6 +80,7 @@ logfile_of() { echo "$STATE/$1.log"; }
 marker_of() {
   case $1 in
     olareg) echo "--port $OLAREG_PORT" ;;
+    paged) echo "-port $PAGED_PORT" ;;
     front) echo "--port $FRONT_PORT" ;;
     *) echo "$STATE/$1/config.yml" ;;
   esac
@@ -120,18 +125,20 @@ http_code() {
 # ---------------------------------------------------------------- build / install
 
 ensure_olareg() {
-  local stamp=$BIN/olareg.version
-  if [[ -x $BIN/olareg && -f $stamp && $(cat "$stamp") == "$OLAREG_VERSION" ]]; then
+  local stamp=$BIN/olareg.version want
+  # rebuild when the pinned version or our olareg-paged main changes
+  want="$OLAREG_VERSION $(cksum < "$TEMPLATES/olareg-paged/main.go" | cut -d' ' -f1)"
+  if [[ -x $BIN/olareg && -x $BIN/olareg-paged && -f $stamp && $(cat "$stamp") == "$want" ]]; then
     return 0
   fi
   command -v go >/dev/null 2>&1 || die "go is needed to build olareg"
-  log "building olareg $OLAREG_VERSION into $BIN (first run only)"
+  log "building olareg $OLAREG_VERSION and olareg-paged into $BIN (first run only)"
   # `go install module@version` asks the module proxy for the version list (deprecation check),
-  # which the proxy here refuses for olareg; building from a throwaway module that requires the
+  # which the proxy here refuses for olareg; building in a throwaway module that requires the
   # pinned version needs only that exact version.
   local work=$CACHE/build/olareg
   rm -rf "$work"
-  mkdir -p "$work" "$BIN"
+  mkdir -p "$work/olareg-paged" "$BIN"
   cat > "$work/go.mod" <<EOF
 module streamgate.local/olareg-build
 
@@ -146,9 +153,11 @@ package tools
 
 import _ "$OLAREG_MODULE/cmd/olareg"
 EOF
-  (cd "$work" && GOFLAGS=-mod=mod go mod tidy >/dev/null && GOBIN=$BIN go install "$OLAREG_MODULE/cmd/olareg") \
+  cp "$TEMPLATES/olareg-paged/main.go" "$work/olareg-paged/main.go"
+  (cd "$work" && GOFLAGS=-mod=mod go mod tidy >/dev/null &&
+    GOBIN=$BIN go install "$OLAREG_MODULE/cmd/olareg" ./olareg-paged) \
     || die "building olareg failed"
-  echo "$OLAREG_VERSION" > "$stamp"
+  echo "$want" > "$stamp"
 }
 
 ensure_docker_registry() {
@@ -314,6 +323,9 @@ start_one() {
       spawn olareg "$BIN/olareg" -v trace serve --addr "$HOST" --port "$OLAREG_PORT" \
         --store-type mem --api-push --api-delete --api-referrer
       ;;
+    paged)
+      spawn paged "$BIN/olareg-paged" -addr "$HOST" -port "$PAGED_PORT" -referrers-limit "$PAGED_LIMIT"
+      ;;
     distribution)
       render distribution distribution-plain.yml
       spawn distribution "$DOCKER_REGISTRY" serve "$STATE/distribution/config.yml"
@@ -379,7 +391,7 @@ cmd_up() {
     start_one "$name" || failed=1
   done
   [[ $failed == 0 ]] || die "some registries did not start (hack/registries.sh down cleans up)"
-  log "up: olareg $HOST:$OLAREG_PORT, distribution $HOST:$DIST_PORT, basic $HOST:$BASIC_PORT, token $HOST:$TOKEN_PORT, ACR front https://$HOST:$FRONT_PORT"
+  log "up: olareg $HOST:$OLAREG_PORT, olareg-paged $HOST:$PAGED_PORT, distribution $HOST:$DIST_PORT, basic $HOST:$BASIC_PORT, token $HOST:$TOKEN_PORT, ACR front https://$HOST:$FRONT_PORT"
 }
 
 cmd_down() {
@@ -409,6 +421,7 @@ cmd_env() {
 export STREAMGATE_CACHE=$CACHE
 export STREAMGATE_REGISTRY_STATE=$STATE
 export STREAMGATE_OLAREG=$HOST:$OLAREG_PORT
+export STREAMGATE_OLAREG_PAGED=$HOST:$PAGED_PORT
 export STREAMGATE_DISTRIBUTION=$HOST:$DIST_PORT
 export STREAMGATE_BASIC=$HOST:$BASIC_PORT
 export STREAMGATE_BASIC_USER=$BASIC_USER
@@ -421,6 +434,7 @@ export STREAMGATE_AAD_TOKEN=$AAD_TOKEN
 export STREAMGATE_CA_CERT=$PKI/ca.crt
 export STREAMGATE_PKI=$PKI
 export STREAMGATE_OLAREG_LOG=$(logfile_of olareg)
+export STREAMGATE_OLAREG_PAGED_LOG=$(logfile_of paged)
 export STREAMGATE_DISTRIBUTION_LOG=$(logfile_of distribution)
 export STREAMGATE_BASIC_LOG=$(logfile_of basic)
 export STREAMGATE_TOKEN_REGISTRY_LOG=$(logfile_of token)

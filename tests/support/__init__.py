@@ -1,1 +1,4 @@
-"""Test support: the ACR front stand-in and helpers for the local registries (hack/registries.sh)."""
+"""Test support: the ACR front stand-in and helpers for the local registries.
+
+See docs/registries.md and hack/registries.sh.
+"""

@@ -164,7 +164,10 @@ def verify_jwt(
     signing_input, _, signature = token.rpartition(".")
     try:
         public_key.verify(
-            b64url_decode(signature), signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256()
+            b64url_decode(signature),
+            signing_input.encode("ascii"),
+            padding.PKCS1v15(),
+            hashes.SHA256(),
         )
     except (InvalidSignature, ValueError, binascii.Error) as exc:
         raise TokenError("bad signature") from exc
@@ -318,7 +321,9 @@ class Stats:
             self.by_path[f"{method} {path}"] += 1
             self.by_route[f"{method} {route_of(path)}"] += 1
             self.by_status[str(status)] += 1
-            self.log.append({"t": round(time.time(), 3), "method": method, "path": path, "status": status})
+            self.log.append(
+                {"t": round(time.time(), 3), "method": method, "path": path, "status": status}
+            )
 
     def event(self, name: str) -> None:
         with self._lock:
@@ -365,8 +370,12 @@ class CountingMiddleware:
 # --------------------------------------------------------------------------- the app
 
 
-def _acr_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"errors": [{"code": code, "message": message}]}, status_code=status, headers=headers)
+def _acr_error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"errors": [{"code": code, "message": message}]}, status_code=status, headers=headers
+    )
 
 
 async def _form(request: Request) -> dict[str, list[str]]:
@@ -482,12 +491,14 @@ class AcrFront:
             raise TokenError("not a refresh token")
         return claims
 
-    def _new_access_token(self, subject: str, scopes: list[tuple[str, str, list[str]]], anonymous: bool) -> str:
+    def _new_access_token(
+        self, subject: str, scopes: list[tuple[str, str, list[str]]], anonymous: bool
+    ) -> str:
         allowed = {"pull"} if anonymous else set(self.config.grant_actions)
         access = []
         for typ, name, actions in scopes:
             if typ == "repository":
-                granted = [a for a in actions if a in allowed or ("*" == a and not anonymous)]
+                granted = [a for a in actions if a in allowed or (a == "*" and not anonymous)]
             elif typ == "registry" and not anonymous:
                 granted = actions
             else:
@@ -570,7 +581,9 @@ class AcrFront:
                 auth = request.headers.get("authorization", "")
                 if auth.lower().startswith("basic "):
                     try:
-                        user, _, password = base64.b64decode(auth[6:].strip()).decode().partition(":")
+                        user, _, password = (
+                            base64.b64decode(auth[6:].strip()).decode().partition(":")
+                        )
                     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
                         raise TokenError("malformed basic credentials") from exc
                     subject = self._check_user(user, password, service)
@@ -613,7 +626,8 @@ class AcrFront:
         headers = [
             (k, v)
             for k, v in request.headers.items()
-            if k.lower() not in HOP_BY_HOP and not (k.lower() == "content-length" and request.method in ("GET", "HEAD"))
+            if k.lower() not in HOP_BY_HOP
+            and not (k.lower() == "content-length" and request.method in ("GET", "HEAD"))
         ]
         has_body = request.method in ("POST", "PUT", "PATCH")
         upstream_request = self.client.build_request(
@@ -627,14 +641,16 @@ class AcrFront:
         except httpx.HTTPError as exc:
             return _acr_error(502, "UPSTREAM_UNAVAILABLE", f"upstream registry: {exc}")
         out_headers: list[tuple[str, str]] = []
-        for key, value in upstream.headers.multi_items():
+        upstream_url = f"http://{self.config.upstream}"
+        for key, raw in upstream.headers.multi_items():
             lk = key.lower()
+            value = raw
             if lk in HOP_BY_HOP:
                 continue
             if lk == "www-authenticate":
-                value = self._rewrite_challenge(value, request)
-            elif lk == "location" and value.startswith(f"http://{self.config.upstream}"):
-                value = value[len(f"http://{self.config.upstream}") :]
+                value = self._rewrite_challenge(raw, request)
+            elif lk == "location" and raw.startswith(upstream_url):
+                value = raw[len(upstream_url) :]
             out_headers.append((key, value))
         response = StreamingResponse(
             upstream.aiter_raw(),
@@ -642,7 +658,9 @@ class AcrFront:
             background=BackgroundTask(upstream.aclose),
         )
         # replace Starlette's defaults with the upstream's headers, repeated ones included
-        response.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in out_headers]
+        response.raw_headers = [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in out_headers
+        ]
         return response
 
     # ---------------------------------------------------------------- control API
@@ -761,7 +779,9 @@ def config_from_args(args: argparse.Namespace) -> FrontConfig:
     services = set(args.service or [])
     aad_tokens = set(args.aad_token or [])
     for path in args.aad_token_file or []:
-        aad_tokens.update(line.strip() for line in Path(path).read_text().splitlines() if line.strip())
+        aad_tokens.update(
+            line.strip() for line in Path(path).read_text().splitlines() if line.strip()
+        )
     return FrontConfig(
         upstream=args.upstream,
         upstream_service=args.upstream_service,
@@ -787,16 +807,22 @@ def _rsa_public_key(cert: x509.Certificate) -> rsa.RSAPublicKey:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tests.support.acr_front", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m tests.support.acr_front", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=25443)
-    p.add_argument("--upstream", default="127.0.0.1:25003", help="token-auth registry, host:port (HTTP)")
+    p.add_argument(
+        "--upstream", default="127.0.0.1:25003", help="token-auth registry, host:port (HTTP)"
+    )
     p.add_argument(
         "--upstream-service",
         default="streamgate-token-registry",
         help="the registry's auth.token.service: audience of the access tokens",
     )
-    p.add_argument("--issuer", default="streamgate-acr-front", help="the registry's auth.token.issuer")
+    p.add_argument(
+        "--issuer", default="streamgate-acr-front", help="the registry's auth.token.issuer"
+    )
     p.add_argument(
         "--service",
         action="append",
@@ -804,18 +830,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cert", required=True, help="TLS certificate (PEM) for the HTTPS listener")
     p.add_argument("--key", required=True, help="TLS key (PEM)")
-    p.add_argument("--signing-key", required=True, help="RSA key (PEM) that signs refresh and access tokens")
     p.add_argument(
-        "--signing-cert", required=True, help="its certificate (PEM): the registry's rootcertbundle, sent in x5c"
+        "--signing-key", required=True, help="RSA key (PEM) that signs refresh and access tokens"
     )
-    p.add_argument("--aad-cert", help="certificate (PEM) whose key signs the test AAD tokens (JWTs)")
-    p.add_argument("--aad-token", action="append", help="an opaque AAD token string to accept; repeatable")
-    p.add_argument("--aad-token-file", action="append", help="file with accepted opaque AAD tokens, one a line")
-    p.add_argument("--basic-user", action="append", help="user:password accepted by /oauth2/token; repeatable")
-    p.add_argument("--anonymous-pull", action="store_true", help="grant pull to token requests without credentials")
-    p.add_argument("--grant-actions", default="pull,push,delete", help="repository actions granted to users")
-    p.add_argument("--refresh-token-lifetime", type=float, default=3 * 3600.0, help="seconds (ACR: about 3 hours)")
-    p.add_argument("--access-token-lifetime", type=float, default=75 * 60.0, help="seconds (ACR: about 75 minutes)")
+    p.add_argument(
+        "--signing-cert",
+        required=True,
+        help="its certificate (PEM): the registry's rootcertbundle, sent in x5c",
+    )
+    p.add_argument(
+        "--aad-cert", help="certificate (PEM) whose key signs the test AAD tokens (JWTs)"
+    )
+    p.add_argument(
+        "--aad-token", action="append", help="an opaque AAD token string to accept; repeatable"
+    )
+    p.add_argument(
+        "--aad-token-file", action="append", help="file with accepted opaque AAD tokens, one a line"
+    )
+    p.add_argument(
+        "--basic-user", action="append", help="user:password accepted by /oauth2/token; repeatable"
+    )
+    p.add_argument(
+        "--anonymous-pull",
+        action="store_true",
+        help="grant pull to token requests without credentials",
+    )
+    p.add_argument(
+        "--grant-actions", default="pull,push,delete", help="repository actions granted to users"
+    )
+    p.add_argument(
+        "--refresh-token-lifetime",
+        type=float,
+        default=3 * 3600.0,
+        help="seconds (ACR: about 3 hours)",
+    )
+    p.add_argument(
+        "--access-token-lifetime",
+        type=float,
+        default=75 * 60.0,
+        help="seconds (ACR: about 75 minutes)",
+    )
     p.add_argument("--log-level", default="warning")
     return p
 
