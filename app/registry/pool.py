@@ -1,0 +1,210 @@
+"""One live client per registry: connection pool, authenticator and circuit, made on demand.
+
+Settings are turned into what clients need once, at start-up (`ClientPool.__init__`): secrets
+are read from their environment variables or files, CA bundles loaded, so nothing blocks the
+event loop later. Clients are made on first use and kept (keep-alive, HTTP/2 where the server
+offers it over TLS); past `max_registries` the least recently used one is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import httpx
+
+from app.registry.auth import Authenticator
+from app.registry.circuit import CircuitBreaker
+from app.registry.config import RegistryConfig, RegistrySettings
+from app.registry.credentials import (
+    AadTokenProvider,
+    AcrAad,
+    Anonymous,
+    AzureIdentityProvider,
+    BasicAuth,
+    Credentials,
+)
+from app.registry.metrics import NULL_OBSERVER, RegistryObserver
+from app.registry.transport import RegistryTransport
+
+logger = logging.getLogger(__name__)
+
+USER_AGENT = "streamgate-registry-client"
+_HOST_ALIASES = {"docker.io": "registry-1.docker.io"}
+
+
+class ConfigError(ValueError):
+    """A registry setting that can't be used (a missing secret, an unreadable CA file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Profile:
+    settings: RegistrySettings
+    basic: BasicAuth | None
+    verify: ssl.SSLContext | bool
+
+
+def _secret(*, env: Mapping[str, str], var: str | None, path: str | None, what: str) -> str:
+    if var is not None:
+        value = env.get(var)
+        if not value:
+            raise ConfigError(f"{what}: environment variable {var} is not set")
+        return value.strip()
+    assert path is not None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip()
+    except OSError as err:
+        raise ConfigError(f"{what}: cannot read {path}: {err.strerror}") from err
+
+
+def _profile(key: str, settings: RegistrySettings, env: Mapping[str, str]) -> _Profile:
+    basic = None
+    if settings.username_env or settings.username_file or settings.username:
+        username = settings.username or _secret(
+            env=env,
+            var=settings.username_env,
+            path=str(settings.username_file) if settings.username_file else None,
+            what=f"registry {key} user name",
+        )
+        password = _secret(
+            env=env,
+            var=settings.password_env,
+            path=str(settings.password_file) if settings.password_file else None,
+            what=f"registry {key} password",
+        )
+        basic = BasicAuth(username, password)
+    verify: ssl.SSLContext | bool = True
+    if settings.ca_file is not None:
+        try:
+            verify = ssl.create_default_context(cafile=str(settings.ca_file))
+        except (OSError, ssl.SSLError) as err:
+            raise ConfigError(f"registry {key}: cannot load ca_file {settings.ca_file}") from err
+    return _Profile(settings=settings, basic=basic, verify=verify)
+
+
+class ClientPool:
+    def __init__(
+        self,
+        config: RegistryConfig,
+        *,
+        aad: AadTokenProvider | None = None,
+        env: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        observer: RegistryObserver = NULL_OBSERVER,
+    ) -> None:
+        environment = os.environ if env is None else env  # read once, never per request
+        self._config = config
+        self._transport = transport
+        self._clock = clock
+        self._observer = observer
+        self._profiles = {k: _profile(k, s, environment) for k, s in config.registries.items()}
+        self._default = _profile("(default)", RegistrySettings(), environment)
+        # The default AAD provider is made here but asks Azure for nothing until an ACR
+        # registry challenges us; an injected provider is the caller's to close.
+        self._owned_aad: AzureIdentityProvider | None = None
+        if aad is None:
+            aad = self._owned_aad = AzureIdentityProvider()
+        self._aad = aad
+        self._tenant = environment.get("AZURE_TENANT_ID")
+        self._clients: OrderedDict[str, RegistryTransport] = OrderedDict()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def _profile_for(self, registry: str) -> _Profile:
+        key = self._config.settings_key(registry)
+        return self._profiles[key] if key is not None else self._default
+
+    def is_acr(self, registry: str) -> bool:
+        return self._profile_for(registry).settings.is_acr(registry)
+
+    def transport(self, registry: str) -> RegistryTransport:
+        registry = registry.lower()
+        client = self._clients.get(registry)
+        if client is None:
+            client = self._make(registry)
+            self._clients[registry] = client
+            while len(self._clients) > self._config.max_registries:
+                _, old = self._clients.popitem(last=False)
+                task = asyncio.create_task(old.aclose())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+        self._clients.move_to_end(registry)
+        return client
+
+    def _credentials(self, registry: str, profile: _Profile) -> Credentials:
+        mode = profile.settings.auth_mode(registry)
+        if mode == "basic" and profile.basic is not None:
+            return profile.basic
+        if mode == "acr-aad":
+            tenant = profile.settings.tenant_id or self._tenant
+            return AcrAad(provider=self._aad, tenant=tenant, scope=self._config.aad_scope)
+        return Anonymous()
+
+    def _make(self, registry: str) -> RegistryTransport:
+        profile = self._profile_for(registry)
+        settings = profile.settings
+        config = self._config
+        http = httpx.AsyncClient(
+            http2=settings.http2,
+            verify=profile.verify,
+            timeout=httpx.Timeout(
+                config.request_timeout_seconds, connect=config.connect_timeout_seconds
+            ),
+            limits=httpx.Limits(
+                max_connections=config.max_connections,
+                max_keepalive_connections=config.max_connections,
+                keepalive_expiry=60.0,
+            ),
+            follow_redirects=False,
+            headers={"User-Agent": USER_AGENT},
+            transport=self._transport,
+        )
+        scheme = "http" if settings.insecure else "https"
+        credentials = self._credentials(registry, profile)
+        logger.info(
+            "registry %s: %s, auth %s, acr %s",
+            registry,
+            scheme,
+            type(credentials).__name__,
+            settings.is_acr(registry),
+        )
+        auth = Authenticator(
+            registry=registry,
+            credentials=credentials,
+            http=http,
+            insecure=settings.insecure,
+            realm_hosts=settings.realm_hosts,
+            clock=self._clock,
+            observer=self._observer,
+        )
+        circuit = CircuitBreaker(
+            registry,
+            failure_threshold=config.circuit.failure_threshold,
+            open_seconds=config.circuit.open_seconds,
+            max_retry_after=config.circuit.max_retry_after_seconds,
+            clock=self._clock,
+            observer=self._observer,
+        )
+        return RegistryTransport(
+            registry=registry,
+            base_url=f"{scheme}://{_HOST_ALIASES.get(registry, registry)}",
+            http=http,
+            auth=auth,
+            circuit=circuit,
+            max_body=config.max_body_bytes,
+            observer=self._observer,
+        )
+
+    async def aclose(self) -> None:
+        clients = list(self._clients.values())
+        self._clients.clear()
+        await asyncio.gather(*(c.aclose() for c in clients), *self._closing)
+        if self._owned_aad is not None:
+            await self._owned_aad.close()

@@ -1,0 +1,110 @@
+"""`RegistryVerdictSource`: the production `VerdictSource`, asking registries within a deadline.
+
+    source = RegistryVerdictSource(RegistryConfig.model_validate(settings["registry"]))
+    verdict = await source.verdict(parse_image("myacr.azurecr.io/app:v1"))   # never raises
+    await source.aclose()
+
+Each look-up has `deadline_seconds` (2 s by default, under the webhook's timeout, see
+`RegistryConfig`). Concurrent look-ups of one image share one run; the run is its own task,
+so a caller whose deadline passes gets `unknown: registry timed out` while the run goes on
+(up to `background_seconds`) and leaves its answer in the caches for the next admission.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+import httpx
+
+from app.images import ImageRef
+from app.registry.cache import CacheStats
+from app.registry.config import RegistryConfig
+from app.registry.credentials import AadTokenProvider
+from app.registry.errors import RegistryError, RegistryTimeout
+from app.registry.lookup import Lookup, LookupResult
+from app.registry.messages import FAILED, TIMED_OUT, unknown, verdict_for, verdict_for_error
+from app.registry.metrics import NULL_OBSERVER, RegistryObserver
+from app.registry.pool import ClientPool
+from app.registry.singleflight import SingleFlight
+from app.verdicts import ImageVerdict
+
+logger = logging.getLogger(__name__)
+
+_Key = tuple[str, str, str]
+
+
+class RegistryVerdictSource:
+    """See the module docstring.
+
+    `aad`: where AAD tokens come from (default: azure-identity's DefaultAzureCredential, made
+    lazily and closed by `aclose`). `env`: environment for secrets named in the config (default
+    `os.environ`, read once here). `transport`: an httpx transport for every registry client
+    (tests pass `httpx.MockTransport`). `observer`: metrics hook. `clock`: monotonic seconds.
+    """
+
+    def __init__(
+        self,
+        config: RegistryConfig | None = None,
+        *,
+        aad: AadTokenProvider | None = None,
+        env: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        observer: RegistryObserver = NULL_OBSERVER,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config or RegistryConfig()
+        self._observer = observer
+        self._pool = ClientPool(
+            self.config, aad=aad, env=env, transport=transport, clock=clock, observer=observer
+        )
+        self._lookup = Lookup(pool=self._pool, config=self.config, clock=clock, observer=observer)
+        self._flights: SingleFlight[_Key, LookupResult] = SingleFlight()
+        self._platform = self.config.wanted_platform
+
+    async def verdict(self, ref: ImageRef) -> ImageVerdict:
+        started = time.monotonic()
+        key = (ref.registry, ref.repository, ref.digest or ref.tag or "latest")
+        timed_out = False
+        try:
+            async with asyncio.timeout(self.config.deadline_seconds):
+                result = await self._flights.run(key, lambda: self._bounded(ref))
+            verdict = verdict_for(ref, result, platform=self._platform)
+        except TimeoutError:
+            timed_out = True
+            verdict = unknown(TIMED_OUT)
+        except RegistryError as err:
+            logger.info("registry look-up of %s: %s", ref.raw, err)
+            verdict = verdict_for_error(err)
+        except Exception:
+            logger.exception("registry look-up of %s failed unexpectedly", ref.raw)
+            verdict = unknown(FAILED)
+        seconds = time.monotonic() - started
+        self._observer.on_lookup(
+            registry=ref.registry,
+            verdict=str(verdict.verdict),
+            seconds=seconds,
+            timed_out=timed_out,
+        )
+        logger.debug("%s -> %s %r in %.3fs", ref.raw, verdict.verdict, verdict.reason, seconds)
+        return verdict
+
+    async def _bounded(self, ref: ImageRef) -> LookupResult:
+        try:
+            async with asyncio.timeout(self.config.background_seconds):
+                return await self._lookup.run(ref)
+        except TimeoutError as err:
+            raise RegistryTimeout(ref.registry, "look-up ran past background_seconds") from err
+
+    def cache_stats(self) -> dict[str, CacheStats]:
+        lookup = self._lookup
+        caches = (lookup.tags, lookup.manifests, lookup.artifacts, lookup.conversions)
+        return {c.name: c.stats for c in caches}
+
+    async def aclose(self) -> None:
+        """Cancel look-ups still running in the background and close every connection."""
+        await self._flights.aclose()
+        await self._lookup.aclose()
+        await self._pool.aclose()
