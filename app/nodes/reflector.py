@@ -64,7 +64,7 @@ def _status_code(err: BaseException) -> int | None:
     return status if isinstance(status, int) else None
 
 
-def _lines(response: Any) -> Iterator[bytes]:
+def iter_lines(response: Any) -> Iterator[bytes]:
     """Newline-separated JSON documents of a watch response, as they arrive."""
     buffer = b""
     for chunk in response.stream(amt=None, decode_content=False):
@@ -213,7 +213,7 @@ class Reflector:
         )
         events = 0
         try:
-            for line in _lines(response):
+            for line in iter_lines(response):
                 if self._stop.is_set():
                     return events
                 self._handle(json.loads(line))

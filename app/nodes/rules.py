@@ -53,12 +53,35 @@ class SupportedValuesRule(_Config):
     supported: tuple[str, ...]
 
 
+class ArchitectureRule(SupportedValuesRule):
+    key: str = ARCH_LABEL
+    supported: tuple[str, ...] = ("amd64",)  # add arm64 once AKS node images stream on it
+
+
+class OperatingSystemRule(SupportedValuesRule):
+    key: str = OS_LABEL
+    supported: tuple[str, ...] = ("linux",)
+
+
 class BlockedValuesRule(_Config):
-    """The node can't stream when one of `keys` has a value listed in `values` (value -> reason)."""
+    """The node can't stream when one of `keys` has a value listed in `values` (value -> reason).
+    Setting `values` replaces the whole map."""
 
     enabled: bool = True
     keys: tuple[str, ...]
     values: Mapping[str, str]
+
+
+class OsSkuRule(BlockedValuesRule):
+    keys: tuple[str, ...] = (OS_SKU_LABEL,)
+    values: Mapping[str, str] = Field(
+        default_factory=lambda: {"AzureLinuxOSGuard": "OS Guard", "Flatcar": "Flatcar"}
+    )
+
+
+class SecurityTypeRule(BlockedValuesRule):
+    keys: tuple[str, ...] = (SECURITY_TYPE_LABEL,)
+    values: Mapping[str, str] = Field(default_factory=lambda: {"ConfidentialVM": "Confidential VM"})
 
 
 class Gen1Rule(_Config):
@@ -113,14 +136,10 @@ class PoolRulesConfig(_Config):
     """The `pools` section of the policy. Every field has a default (the AKS facts)."""
 
     pool_labels: tuple[str, ...] = POOL_LABELS
-    architecture: SupportedValuesRule = SupportedValuesRule(key=ARCH_LABEL, supported=("amd64",))
-    os: SupportedValuesRule = SupportedValuesRule(key=OS_LABEL, supported=("linux",))
-    os_sku: BlockedValuesRule = BlockedValuesRule(
-        keys=(OS_SKU_LABEL,), values={"AzureLinuxOSGuard": "OS Guard", "Flatcar": "Flatcar"}
-    )
-    security_type: BlockedValuesRule = BlockedValuesRule(
-        keys=(SECURITY_TYPE_LABEL,), values={"ConfidentialVM": "Confidential VM"}
-    )
+    architecture: ArchitectureRule = ArchitectureRule()
+    os: OperatingSystemRule = OperatingSystemRule()
+    os_sku: OsSkuRule = OsSkuRule()
+    security_type: SecurityTypeRule = SecurityTypeRule()
     gen1: Gen1Rule = Gen1Rule()
     sandboxing: SandboxingRule = SandboxingRule()
     kubelet: KubeletRule = KubeletRule()

@@ -1,0 +1,110 @@
+"""app.nodes.watcher: the in-memory store behind the watch, and the watcher before it syncs.
+
+The list + watch loop itself runs against a real kube-apiserver in
+tests/e2e/test_nodes_inventory.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+from kubernetes import client
+
+from app.nodes.reflector import iter_lines
+from app.nodes.watcher import InventoryStore, NodeWatcher
+from app.pools import UNKNOWN_PLACEMENT, Streaming
+
+
+def api_node(name: str, pool: str, **labels: str) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "resourceVersion": "1",
+            "labels": {
+                "kubernetes.azure.com/agentpool": pool,
+                "kubernetes.io/arch": "amd64",
+                "kubernetes.io/os": "linux",
+                "kubernetes.azure.com/artifactstreaming-enabled": "true",
+                **labels,
+            },
+        },
+        "spec": {},
+        "status": {"nodeInfo": {"kubeletVersion": "v1.34.4"}, "conditions": []},
+    }
+
+
+def test_store_follows_events() -> None:
+    store = InventoryStore()
+    store.replace_nodes([api_node("a1", "a"), api_node("b1", "b")])
+    assert [p.name for p in store.index.inventory.pools] == ["a", "b"]
+
+    store.node_event("ADDED", api_node("c1", "c", **{"kubernetes.io/arch": "arm64"}))
+    assert store.index.place({"nodeSelector": {"kubernetes.azure.com/agentpool": "c"}}).pools[
+        0
+    ].reasons == ("arm64",)
+
+    relabelled = api_node("a1", "a", team="x")
+    store.node_event("MODIFIED", relabelled)
+    assert [p.name for p in store.index.place({"nodeSelector": {"team": "x"}}).pools] == ["a"]
+
+    tainted = copy.deepcopy(relabelled)
+    tainted["spec"]["taints"] = [{"key": "k", "value": "v", "effect": "NoSchedule"}]
+    store.node_event("MODIFIED", tainted)
+    assert store.index.place({"nodeSelector": {"team": "x"}}).pools == ()
+
+    store.node_event("DELETED", api_node("b1", "b"))
+    assert [p.name for p in store.index.inventory.pools] == ["a", "c"]
+
+
+def test_heartbeats_do_not_rebuild() -> None:
+    store = InventoryStore()
+    store.replace_nodes([api_node("a1", "a")])
+    before = store.index
+    heartbeat = api_node("a1", "a")
+    heartbeat["metadata"]["resourceVersion"] = "2"
+    heartbeat["status"]["conditions"] = [{"type": "Ready", "lastHeartbeatTime": "now"}]
+    store.node_event("MODIFIED", heartbeat)
+    store.node_event("DELETED", api_node("never-seen", "z"))
+    store.node_event("ADDED", {"metadata": {}})
+    assert store.index is before
+
+
+def test_store_follows_runtime_classes() -> None:
+    store = InventoryStore()
+    store.replace_nodes([api_node("a1", "a", sandbox="yes")])
+    rc = {"metadata": {"name": "kata-vm-isolation"}, "handler": "kata"}
+    store.replace_runtime_classes([])
+    assert store.index.place({"runtimeClassName": "kata-vm-isolation"}).pools == ()
+    store.runtime_class_event("ADDED", rc)
+    (pool,) = store.index.place({"runtimeClassName": "kata-vm-isolation"}).pools
+    assert pool.streaming is Streaming.NO
+    assert pool.reasons == ("Pod Sandboxing runtime class",)
+    rc_selecting = {**rc, "scheduling": {"nodeSelector": {"sandbox": "no"}}}
+    store.runtime_class_event("MODIFIED", rc_selecting)
+    assert store.index.place({"runtimeClassName": "kata-vm-isolation"}).pools == ()
+    store.runtime_class_event("DELETED", rc)
+    assert store.index.inventory.runtime_classes == {}
+
+
+def test_watcher_before_sync_knows_nothing() -> None:
+    watcher = NodeWatcher(client.ApiClient(client.Configuration()))
+    assert not watcher.ready
+    assert math.isinf(watcher.age_seconds)
+    assert watcher.place({}) is UNKNOWN_PLACEMENT
+    assert watcher.snapshot().nodes == ()
+    watcher.stop()  # never started: returns at once
+
+
+class _Chunks:
+    def __init__(self, *chunks: bytes) -> None:
+        self.chunks = chunks
+
+    def stream(self, amt: int | None = None, decode_content: bool = False) -> Any:
+        return iter(self.chunks)
+
+
+def test_watch_lines_are_split_across_chunks() -> None:
+    response = _Chunks(b'{"a":', b'1}\n{"b":2}\n\n{"c"', b":3}")
+    assert list(iter_lines(response)) == [b'{"a":1}', b'{"b":2}', b'{"c":3}']
