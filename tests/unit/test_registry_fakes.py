@@ -23,10 +23,14 @@ from urllib.parse import parse_qs
 
 import httpx
 
+from app.registry.auth import Authenticator
+from app.registry.circuit import CircuitBreaker
 from app.registry.config import RegistryConfig
+from app.registry.credentials import Anonymous
 from app.registry.mediatypes import DOCKER_MANIFEST, OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, STREAMING
 from app.registry.metrics import NULL_OBSERVER, RegistryObserver
 from app.registry.source import RegistryVerdictSource
+from app.registry.transport import RegistryTransport
 
 Hook = Callable[[httpx.Request], Awaitable[httpx.Response | None]]
 
@@ -352,6 +356,19 @@ def make_source(
         transport=reg.transport(),
         observer=observer,
         clock=clock or time.monotonic,
+    )
+
+
+def transport_to(reg: FakeRegistry, *, max_body: int = 1 << 20) -> RegistryTransport:
+    """A bare transport to `reg` (anonymous), for tests below the source."""
+    http = httpx.AsyncClient(transport=reg.transport())
+    return RegistryTransport(
+        registry=reg.host,
+        base_url=f"{reg.scheme}://{reg.host}",
+        http=http,
+        auth=Authenticator(registry=reg.host, credentials=Anonymous(), http=http),
+        circuit=CircuitBreaker(reg.host),
+        max_body=max_body,
     )
 
 
