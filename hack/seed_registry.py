@@ -36,6 +36,7 @@ import hashlib
 import io
 import json
 import os
+import ssl
 import sys
 import tarfile
 import time
@@ -302,7 +303,10 @@ class Registry:
         self.user, self.password = user, password
         self.aad_token, self.tenant = aad_token, tenant
         self.token_front = token_front.rstrip("/") if token_front else None
-        self.client = httpx.Client(verify=verify, timeout=timeout, follow_redirects=False)
+        tls: bool | ssl.SSLContext = (
+            ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+        )
+        self.client = httpx.Client(verify=tls, timeout=timeout, follow_redirects=False)
         self._basic = user is not None and password is not None
         self._tokens: dict[str, str] = {}  # repo -> bearer token
         self._refresh_token: str | None = None

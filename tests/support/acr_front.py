@@ -156,6 +156,7 @@ def verify_jwt(
     *,
     audiences: Iterable[str] | None = None,
     now: float | None = None,
+    leeway: float = LEEWAY_SECONDS,
 ) -> dict[str, Any]:
     """Check an RS256 JWT's signature, exp/nbf (with leeway) and audience; return its claims."""
     header, claims = decode_jwt_unverified(token)
@@ -173,10 +174,10 @@ def verify_jwt(
         raise TokenError("bad signature") from exc
     now = time.time() if now is None else now
     exp = claims.get("exp")
-    if not isinstance(exp, int | float) or now > exp + LEEWAY_SECONDS:
+    if not isinstance(exp, int | float) or now > exp + leeway:
         raise TokenError("expired")
     nbf = claims.get("nbf")
-    if isinstance(nbf, int | float) and now + LEEWAY_SECONDS < nbf:
+    if isinstance(nbf, int | float) and now + leeway < nbf:
         raise TokenError("not yet valid")
     if audiences is not None:
         aud = claims.get("aud")
@@ -244,6 +245,7 @@ class FrontConfig:
     grant_actions: tuple[str, ...] = ("pull", "push", "delete")
     refresh_token_lifetime: float = 3 * 3600.0
     access_token_lifetime: float = 75 * 60.0
+    clock_skew: float = LEEWAY_SECONDS  # leeway on exp/nbf of AAD and refresh tokens
     upstream_timeout: float = 60.0
     log_size: int = 2000
 
@@ -265,6 +267,7 @@ class FrontConfig:
             "grant_actions": list(self.grant_actions),
             "refresh_token_lifetime": self.refresh_token_lifetime,
             "access_token_lifetime": self.access_token_lifetime,
+            "clock_skew": self.clock_skew,
         }
 
 
@@ -272,6 +275,7 @@ class FrontConfig:
 _MUTABLE = {
     "refresh_token_lifetime": float,
     "access_token_lifetime": float,
+    "clock_skew": float,
     "allow_anonymous_pull": bool,
     "grant_actions": tuple,
 }
@@ -464,7 +468,12 @@ class AcrFront:
             return {"sub": "aad-opaque:" + token[:8], "tid": tenant or ""}
         if self.config.aad_public_key is None:
             raise TokenError("unknown AAD token")
-        claims = verify_jwt(token, self.config.aad_public_key, audiences=AAD_AUDIENCES)
+        claims = verify_jwt(
+            token,
+            self.config.aad_public_key,
+            audiences=AAD_AUDIENCES,
+            leeway=self.config.clock_skew,
+        )
         if tenant and claims.get("tid") != tenant:
             raise TokenError("tenant does not match the token's tid")
         return claims
@@ -486,7 +495,12 @@ class AcrFront:
         return sign_jwt(claims, self.config.signing_key)
 
     def _check_refresh_token(self, token: str, service: str) -> dict[str, Any]:
-        claims = verify_jwt(token, self.config.signing_key.public_key(), audiences=[service])
+        claims = verify_jwt(
+            token,
+            self.config.signing_key.public_key(),
+            audiences=[service],
+            leeway=self.config.clock_skew,
+        )
         if claims.get("grant_type") != "refresh_token" or claims.get("iss") != self.config.issuer:
             raise TokenError("not a refresh token")
         return claims
@@ -796,6 +810,7 @@ def config_from_args(args: argparse.Namespace) -> FrontConfig:
         grant_actions=tuple(a for a in args.grant_actions.split(",") if a),
         refresh_token_lifetime=args.refresh_token_lifetime,
         access_token_lifetime=args.access_token_lifetime,
+        clock_skew=args.clock_skew,
     )
 
 
@@ -869,6 +884,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=75 * 60.0,
         help="seconds (ACR: about 75 minutes)",
+    )
+    p.add_argument(
+        "--clock-skew",
+        type=float,
+        default=LEEWAY_SECONDS,
+        help="seconds of leeway on exp/nbf of AAD and refresh tokens",
     )
     p.add_argument("--log-level", default="warning")
     return p
