@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 
 from app import __version__
-from app.admission import DEFAULT_LOOKUP_DEADLINE
-from app.check import ManifestError, check, read_manifests, to_json, to_table
+from app.check import ManifestError, Result, check, read_manifests, to_json, to_table
 from app.nodes.placement import PlacementIndex
 from app.nodes.watcher import NodeWatcher
-from app.policy import Mode, PolicyError, load_policy
+from app.policy import Mode, Policy, PolicyError, load_policy
 from app.poolreport import inventory_from_file, pool_table
+from app.registry.source import RegistryVerdictSource
 from app.serve import ServeSettings, Watches, build_admission, serve
 from app.tls import issue_self_signed
 from app.verdicts import OfflineVerdicts, VerdictSource
@@ -23,8 +23,15 @@ from app.verdicts import OfflineVerdicts, VerdictSource
 EXIT_OK, EXIT_DENIED, EXIT_USAGE = 0, 1, 2
 
 
-def _verdict_source(args: argparse.Namespace) -> VerdictSource:
-    return OfflineVerdicts()
+def _verdict_source(policy: Policy, *, offline: bool = False) -> VerdictSource:
+    """The registry client for the policy's registry settings (or none, offline). Build it
+    inside the running event loop: its HTTP clients belong to that loop."""
+    return OfflineVerdicts() if offline else RegistryVerdictSource(policy.registry)
+
+
+async def _close(source: VerdictSource) -> None:
+    if isinstance(source, RegistryVerdictSource):
+        await source.aclose()
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -35,46 +42,60 @@ def _serve(args: argparse.Namespace) -> int:
         key=args.key,
         self_signed_dir=args.self_signed,
         policy_path=args.policy,
-        lookup_deadline=args.deadline,
         log_level=args.log_level,
         kube=args.kubeconfig,
     )
-    if settings.kube is None:
-        admission = build_admission(settings, verdicts=_verdict_source(args))
-        asyncio.run(serve(settings, admission))
-        return EXIT_OK
     policy = load_policy(settings.policy_path)
-    watches = Watches(settings.kube, policy)
-    admission = build_admission(
-        settings,
-        verdicts=_verdict_source(args),
-        placement=watches.nodes,
-        namespaces=watches.namespaces,
-        policy=policy,
-    )
-    watches.start()
+    watches = Watches(settings.kube, policy) if settings.kube else None
+
+    async def run() -> None:
+        source = _verdict_source(policy)
+        admission = build_admission(
+            settings,
+            verdicts=source,
+            placement=watches.nodes if watches else None,
+            namespaces=watches.namespaces if watches else None,
+            policy=policy,
+        )
+        try:
+            await serve(settings, admission, ready=watches.ready if watches else _ready)
+        finally:
+            await _close(source)
+
+    if watches:
+        watches.start()
     try:
-        asyncio.run(serve(settings, admission, ready=watches.ready))
+        asyncio.run(run())
     finally:
-        watches.stop()
+        if watches:
+            watches.stop()
     return EXIT_OK
 
 
+def _ready() -> tuple[bool, str]:
+    return True, "ok"
+
+
 def _check(args: argparse.Namespace) -> int:
-    settings = ServeSettings(policy_path=args.policy, lookup_deadline=args.deadline)
+    settings = ServeSettings(policy_path=args.policy)
     policy = load_policy(args.policy)
     placement = None
     if args.nodes:
         inventory = inventory_from_file(args.nodes, pool_labels=policy.pools.pool_labels)
         placement = PlacementIndex(inventory, policy.pools)
-    admission = build_admission(
-        settings, verdicts=_verdict_source(args), placement=placement, policy=policy
-    )
     if args.mode:
-        policy = admission.policy().model_copy(update={"mode": Mode(args.mode)})
-        admission.policy = lambda: policy
+        policy = policy.model_copy(update={"mode": Mode(args.mode)})
     docs = read_manifests(args.file)
-    results = asyncio.run(check(docs, admission, namespace=args.namespace))
+
+    async def run() -> list[Result]:
+        source = _verdict_source(policy, offline=args.offline)
+        admission = build_admission(settings, verdicts=source, placement=placement, policy=policy)
+        try:
+            return await check(docs, admission, namespace=args.namespace)
+        finally:
+            await _close(source)
+
+    results = asyncio.run(run())
     print(to_json(results) if args.output == "json" else to_table(results))
     return EXIT_DENIED if any(r.denied for r in results) else EXIT_OK
 
@@ -124,12 +145,6 @@ def parser() -> argparse.ArgumentParser:
         help="generate a CA and serving pair for 127.0.0.1 in DIR (local runs)",
     )
     s.add_argument("--policy", type=Path, help="policy YAML (default: built-in defaults)")
-    s.add_argument(
-        "--deadline",
-        type=float,
-        default=DEFAULT_LOOKUP_DEADLINE,
-        help="registry budget per admission, seconds",
-    )
     s.add_argument("--log-level", default="info")
     s.add_argument(
         "--kubeconfig",
@@ -158,7 +173,6 @@ def parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="judge placement against `kubectl get nodes,runtimeclasses -o yaml` output",
     )
-    c.add_argument("--deadline", type=float, default=10.0)
     c.add_argument("-o", "--output", choices=["table", "json"], default="table")
     c.set_defaults(func=_check)
 

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from app.nodes.rules import PoolRulesConfig
+from app.registry.config import RegistryConfig
 
 MODE_LABEL = "streamgate.io/mode"
 EXEMPT_ANNOTATION = "streamgate.io/exempt"
@@ -89,6 +90,8 @@ class Policy(_Strict):
     namespace_modes: dict[str, Mode] = Field(default_factory=dict, alias="namespaceModes")
     # Which node pools can stream: rules keyed on AKS labels, each switchable (docs/node-pools.md).
     pools: PoolRulesConfig = PoolRulesConfig()
+    # How registries are reached: deadline, caches, auth per registry (docs/registry.md).
+    registry: RegistryConfig = RegistryConfig()
 
     @field_validator("acr_registries")
     @classmethod

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import uvicorn
 
-from app.admission import DEFAULT_LOOKUP_DEADLINE, Admission, NamespaceModes, NoNamespaceLabels
+from app.admission import Admission, NamespaceModes, NoNamespaceLabels
 from app.namespaces import NamespaceLabels
 from app.nodes.watcher import NodeWatcher, api_client_from_config
 from app.policy import Policy, load_policy
@@ -24,6 +24,7 @@ from app.verdicts import VerdictSource
 logger = logging.getLogger(__name__)
 
 IN_CLUSTER = "in-cluster"
+LOOKUP_GRACE = 0.25
 
 
 @dataclass
@@ -35,7 +36,6 @@ class ServeSettings:
     self_signed_dir: Path | None = None  # generate a CA and pair here (local runs)
     self_signed_hosts: list[str] = field(default_factory=lambda: ["127.0.0.1", "localhost"])
     policy_path: Path | None = None
-    lookup_deadline: float = DEFAULT_LOOKUP_DEADLINE
     cert_reload_interval: float = 5.0
     log_level: str = "info"
     # Where the node and namespace watches read from: a kubeconfig path, "in-cluster", or
@@ -96,7 +96,9 @@ def build_admission(
         verdicts=verdicts,
         placement=placement or NoInventory(),
         namespaces=namespaces or NoNamespaceLabels(),
-        lookup_deadline=settings.lookup_deadline,
+        # The registry source keeps its own deadline and says "registry timed out"; this
+        # outer one only guards against a source that overruns it.
+        lookup_deadline=holder.current.registry.deadline_seconds + LOOKUP_GRACE,
     )
 
 
