@@ -75,16 +75,28 @@ port_of() {
 }
 pidfile_of() { echo "$STATE/$1.pid"; }
 logfile_of() { echo "$STATE/$1.log"; }
-# A string that the command line of our process for this instance contains; used so that
-# a stale pid file (pid reused by an unrelated process) never gets an unrelated process killed.
-marker_of() {
+# Strings that the command line of our process for this instance contains (all of them); used
+# so that a stale pid file (pid reused) or another state dir's instance is never taken for ours.
+markers_of() {
   case $1 in
-    olareg) echo "--port $OLAREG_PORT" ;;
-    paged) echo "-port $PAGED_PORT" ;;
-    front) echo "--port $FRONT_PORT" ;;
-    *) echo "$STATE/$1/config.yml" ;;
+    olareg) printf '%s\n' "$BIN/olareg " "--port $OLAREG_PORT " ;;
+    paged) printf '%s\n' "$BIN/olareg-paged " "-port $PAGED_PORT " ;;
+    front) printf '%s\n' "tests.support.acr_front " "--port $FRONT_PORT " "$PKI/front.crt " ;;
+    *) printf '%s\n' "$STATE/$1/config.yml" ;;
   esac
 }
+
+# is pid $2 our process for instance $1?
+is_ours() {
+  local name=$1 pid=$2 cmd m
+  [[ -n $pid && -d /proc/$pid ]] || return 1
+  cmd=" $(cmdline_of "$pid") "
+  while IFS= read -r m; do
+    [[ $cmd == *"$m"* ]] || return 1
+  done < <(markers_of "$name")
+  return 0
+}
+
 url_of() {
   if [[ $1 == front ]]; then echo "https://$HOST:$(port_of front)/v2/"; else echo "http://$HOST:$(port_of "$1")/v2/"; fi
 }
@@ -98,7 +110,7 @@ running_pid() {
   [[ -f $pf ]] || return 0
   pid=$(cat "$pf" 2>/dev/null || true)
   [[ $pid =~ ^[0-9]+$ ]] || return 0
-  if [[ -d /proc/$pid ]] && [[ " $(cmdline_of "$pid")" == *"$(marker_of "$name")"* ]]; then
+  if is_ours "$name" "$pid"; then
     echo "$pid"
   fi
 }
@@ -308,7 +320,7 @@ start_one() {
   rm -f "$(pidfile_of "$name")"
   if port_busy "$port"; then
     owner=$(listener_pid "$port")
-    if [[ -n $owner && " $(cmdline_of "$owner")" == *"$(marker_of "$name")"* ]]; then
+    if is_ours "$name" "$owner"; then
       # ours, but the pid file was lost: adopt it
       echo "$owner" > "$(pidfile_of "$name")"
       wait_ready "$name" || return 1
@@ -356,7 +368,7 @@ stop_one() {
   pid=$(running_pid "$name")
   if [[ -z $pid ]]; then
     owner=$(listener_pid "$port")
-    if [[ -n $owner && " $(cmdline_of "$owner")" == *"$(marker_of "$name")"* ]]; then
+    if is_ours "$name" "$owner"; then
       pid=$owner
     fi
   fi
