@@ -46,13 +46,15 @@ def repo_tag(ref: ImageRef) -> str:
 
 
 def not_streamable(label: str, ref: ImageRef, reason: str) -> str:
-    """Names the image and the fix; drops the registry host before it cuts the command."""
-    fix = f"az acr artifact-streaming create --image {repo_tag(ref)}"
-    detail = f"{reason}; fix: {fix}" if reason else f"fix: {fix}"
-    full = f"{label}: {display(ref)} has no streaming artifact; {detail}"
+    """Names the image and what to do. A registry reason beyond the bare fact (conversion
+    running, failed, wrong platform) replaces the fix, which would not help then."""
+    if reason and reason != "no streaming artifact":
+        return fit(f"{label}: {display(ref)}: {reason}")
+    fix = f"fix: az acr artifact-streaming create --image {repo_tag(ref)}"
+    full = f"{label}: {display(ref)} has no streaming artifact; {fix}"
     if len(full) <= MAX_WARNING:
         return full
-    return fit(f"{label}: {short(repo_tag(ref), 40)} has no streaming artifact; {detail}")
+    return fit(f"{label}: {short(repo_tag(ref), 40)} has no streaming artifact; {fix}")
 
 
 def unknown(label: str, ref: ImageRef, reason: str, *, denied: bool) -> str:

@@ -86,9 +86,20 @@ def test_mode_off_skips_everything():
 
 def test_registry_reason_is_shown():
     img = f"{ACR}/web:v1"
-    verdict = ImageVerdict(Verdict.NOT_STREAMABLE, "conversion running (40%)")
+    verdict = ImageVerdict(
+        Verdict.NOT_STREAMABLE, "no streaming artifact yet; conversion running (40%)"
+    )
     d = run(deployment(img), {img: verdict})
-    assert "conversion running (40%)" in d.problems[0].message
+    assert d.problems[0].message == (
+        "c0: myreg.azurecr.io/web:v1: no streaming artifact yet; conversion running (40%)"
+    )
+    bare = run(
+        deployment(img), {img: ImageVerdict(Verdict.NOT_STREAMABLE, "no streaming artifact")}
+    )
+    assert bare.problems[0].message == (
+        "c0: myreg.azurecr.io/web:v1 has no streaming artifact; "
+        "fix: az acr artifact-streaming create --image web:v1"
+    )
 
 
 @pytest.mark.parametrize(
