@@ -1,0 +1,659 @@
+"""The Helm chart, rendered by the real `helm` (built into the cache by hack/k8s-binaries.sh
+when missing) with several sets of values; the objects are checked against the Kubernetes
+OpenAPI schemas (kubernetes-validate, strict) and against what the chart promises: safe
+webhook defaults, every judged kind, hardened pods, least-privilege RBAC, the three
+certificate modes and the out-of-cluster URL mode. Also the Dockerfile."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from app.policy import Policy, load_policy, parse_policy
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "chart"
+RELEASE, NAMESPACE = "sg", "streamgate-system"
+FULLNAME = "sg-streamgate"
+CA_B64 = base64.b64encode(
+    b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+).decode()
+URL_VALUES = {
+    "webhook": {"url": "https://127.0.0.1:9443", "caBundle": CA_B64},
+    "deployment": {"enabled": False},
+}
+PROVIDED = {
+    "certificates": {"mode": "provided", "provided": {"secretName": "mine", "caBundle": CA_B64}}
+}
+CERT_MANAGER = {"certificates": {"mode": "cert-manager"}}
+JUDGED = {
+    ("", "pods"),
+    ("", "pods/ephemeralcontainers"),
+    ("", "replicationcontrollers"),
+    ("apps", "deployments"),
+    ("apps", "statefulsets"),
+    ("apps", "daemonsets"),
+    ("apps", "replicasets"),
+    ("batch", "jobs"),
+    ("batch", "cronjobs"),
+}
+
+
+@cache
+def helm_binary() -> str:
+    """The cached helm, else whatever hack/k8s-binaries.sh provides (it builds it)."""
+    cache_dir = Path(os.environ.get("STREAMGATE_CACHE", Path.home() / ".cache" / "streamgate"))
+    cached = cache_dir / "bin" / "helm"
+    if cached.is_file() and os.access(cached, os.X_OK):
+        return str(cached)
+    out = subprocess.run(
+        [str(ROOT / "hack" / "k8s-binaries.sh"), "--print-dir"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    found = Path(out.stdout.strip().splitlines()[-1]) / "helm"
+    assert found.is_file(), f"hack/k8s-binaries.sh did not provide helm in {found.parent}"
+    return str(found)
+
+
+def helm(*args: str, values: dict[str, Any] | None = None, check: bool = True):
+    cmd = [helm_binary(), *args]
+    env = {**os.environ, "HELM_CACHE_HOME": "/tmp/streamgate-helm-cache"}
+    env.pop("KUBECONFIG", None)
+    if values is not None:
+        cmd += ["--values", "-"]
+    return subprocess.run(
+        cmd,
+        input=json.dumps(values or {}),
+        capture_output=True,
+        text=True,
+        check=check,
+        env=env,
+    )
+
+
+def render(values: dict[str, Any] | None = None, *extra: str) -> list[dict[str, Any]]:
+    out = helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, *extra, values=values)
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def render_error(values: dict[str, Any]) -> str:
+    out = helm(
+        "template", RELEASE, str(CHART), "--namespace", NAMESPACE, values=values, check=False
+    )
+    assert out.returncode != 0, "helm template accepted bad values"
+    return out.stderr
+
+
+def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [
+        d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
+    ]
+    assert len(found) == 1, f"{len(found)} {kind} objects named {name}"
+    return found[0]
+
+
+def kinds(docs: list[dict[str, Any]]) -> list[str]:
+    return sorted(d["kind"] for d in docs)
+
+
+def webhooks(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for d in docs:
+        if d["kind"].endswith("WebhookConfiguration"):
+            out.extend((d["kind"], w) for w in d["webhooks"])
+    return out
+
+
+def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (c,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+@pytest.fixture(scope="module")
+def default() -> list[dict[str, Any]]:
+    return render()
+
+
+# ---- lint and the Kubernetes schemas ----------------------------------------------------
+
+
+MODES = {
+    "default": {},
+    "cert-manager": CERT_MANAGER,
+    "cert-manager-issuer": {
+        "certificates": {
+            "mode": "cert-manager",
+            "certManager": {"issuerRef": {"kind": "ClusterIssuer", "name": "corp-ca"}},
+        }
+    },
+    "provided": PROVIDED,
+    "url": URL_VALUES,
+    "everything-on": {
+        "networkPolicy": {"enabled": True},
+        "serviceMonitor": {"enabled": True},
+        "workloadIdentity": {"clientId": "00000000-0000-0000-0000-000000000001"},
+        "podAntiAffinity": {"type": "hard"},
+        "webhook": {"failurePolicy": "Fail", "timeoutSeconds": 10},
+    },
+}
+
+
+@pytest.mark.parametrize("values", MODES.values(), ids=MODES.keys())
+def test_lint_strict(values):
+    out = helm("lint", "--strict", str(CHART), "--namespace", NAMESPACE, values=values, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("version", ["1.30.0", kubernetes_validate.latest_version()])
+@pytest.mark.parametrize("values", MODES.values(), ids=MODES.keys())
+def test_objects_valid_against_kubernetes_schemas(values, version):
+    docs = render(values, "--kube-version", version)
+    checked = 0
+    for doc in docs:
+        if doc["apiVersion"].startswith(("cert-manager.io/", "monitoring.coreos.com/")):
+            continue  # CRDs: not in the Kubernetes schemas
+        kubernetes_validate.validate(doc, version, strict=True)
+        checked += 1
+    assert checked >= 2
+
+
+def test_kube_version_floor():
+    out = helm("template", RELEASE, str(CHART), "--kube-version", "1.25.0", check=False)
+    assert out.returncode != 0 and "kubeVersion" in out.stderr
+    render({}, "--kube-version", "1.26.0")
+
+
+# ---- the webhook configurations ---------------------------------------------------------
+
+
+def test_both_configurations_with_safe_defaults(default):
+    hooks = webhooks(default)
+    assert sorted(k for k, _ in hooks) == [
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
+    ]
+    for kind, w in hooks:
+        assert w["failurePolicy"] == "Ignore"
+        assert w["timeoutSeconds"] == 5
+        assert w["sideEffects"] == "None"
+        assert w["admissionReviewVersions"] == ["v1"]
+        path = "/validate" if kind.startswith("Validating") else "/mutate"
+        assert w["clientConfig"]["service"] == {
+            "name": FULLNAME,
+            "namespace": NAMESPACE,
+            "path": path,
+            "port": 443,
+        }
+        assert "caBundle" not in w["clientConfig"]  # self-managed: the pods patch it
+    mutating = one(default, "MutatingWebhookConfiguration")["webhooks"][0]
+    assert mutating["reinvocationPolicy"] == "Never"
+    assert one(default, "ValidatingWebhookConfiguration")["metadata"]["name"] == FULLNAME
+
+
+def test_rules_cover_every_judged_kind_on_create_and_update(default):
+    for _, w in webhooks(default):
+        covered = set()
+        for rule in w["rules"]:
+            assert sorted(rule["operations"]) == ["CREATE", "UPDATE"]
+            assert rule["apiVersions"] == ["v1"]
+            assert rule["scope"] == "Namespaced"
+            covered |= {(g, r) for g in rule["apiGroups"] for r in rule["resources"]}
+        assert covered == JUDGED
+
+
+def test_namespace_selector_excludes_kube_system_release_namespace_and_off(default):
+    for _, w in webhooks(default):
+        exprs = {e["key"]: e for e in w["namespaceSelector"]["matchExpressions"]}
+        names = exprs["kubernetes.io/metadata.name"]
+        assert names["operator"] == "NotIn"
+        assert {"kube-system", NAMESPACE} <= set(names["values"])
+        assert exprs["streamgate.io/mode"] == {
+            "key": "streamgate.io/mode",
+            "operator": "NotIn",
+            "values": ["off"],
+        }
+
+
+def test_policy_exemptions_and_off_namespaces_never_reach_the_webhook():
+    docs = render(
+        {
+            "policy": {
+                "exemptions": {"namespaces": ["kube-system", "monitoring"]},
+                "namespaceModes": {"legacy": "off", "payments": "enforce"},
+            },
+            "webhook": {
+                "excludeNamespaces": ["gatekeeper-system"],
+                "namespaceSelectorExpressions": [
+                    {"key": "streamgate.io/enabled", "operator": "In", "values": ["true"]}
+                ],
+            },
+        }
+    )
+    for _, w in webhooks(docs):
+        exprs = w["namespaceSelector"]["matchExpressions"]
+        names = next(e for e in exprs if e["key"] == "kubernetes.io/metadata.name")["values"]
+        assert sorted(names) == sorted(
+            ["kube-system", NAMESPACE, "monitoring", "legacy", "gatekeeper-system"]
+        )
+        assert {"key": "streamgate.io/enabled", "operator": "In", "values": ["true"]} in exprs
+
+
+def test_match_conditions_skip_exempt_and_null_objects_from_1_28(default):
+    for _, w in webhooks(default):
+        conds = {c["name"]: c["expression"] for c in w["matchConditions"]}
+        assert set(conds) == {"has-object", "not-exempt", "spec-changed"}
+        assert conds["has-object"] == "object != null"
+        # absent annotations must not make the expression fail
+        assert "!has(object.metadata.annotations)" in conds["not-exempt"]
+        assert "'streamgate.io/exempt' in object.metadata.annotations" in conds["not-exempt"]
+    old = render({}, "--kube-version", "1.27.0")
+    assert all("matchConditions" not in w for _, w in webhooks(old))
+    off = render({"webhook": {"matchConditions": False}})
+    assert all("matchConditions" not in w for _, w in webhooks(off))
+
+
+def test_failure_policy_and_timeout_are_values():
+    docs = render({"webhook": {"failurePolicy": "Fail", "timeoutSeconds": 10}})
+    assert {(w["failurePolicy"], w["timeoutSeconds"]) for _, w in webhooks(docs)} == {("Fail", 10)}
+
+
+def test_url_mode_renders_only_the_webhooks_with_url_and_ca_bundle():
+    docs = render(URL_VALUES)
+    assert kinds(docs) == ["MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"]
+    urls = {}
+    for kind, w in webhooks(docs):
+        assert "service" not in w["clientConfig"]
+        assert w["clientConfig"]["caBundle"] == CA_B64
+        urls[kind] = w["clientConfig"]["url"]
+        assert w["failurePolicy"] == "Ignore"
+    assert urls == {
+        "ValidatingWebhookConfiguration": "https://127.0.0.1:9443/validate",
+        "MutatingWebhookConfiguration": "https://127.0.0.1:9443/mutate",
+    }
+    trailing = render(
+        {**URL_VALUES, "webhook": {**URL_VALUES["webhook"], "url": "https://127.0.0.1:9443/"}}
+    )
+    assert {w["clientConfig"]["url"] for _, w in webhooks(trailing)} == set(urls.values())
+
+
+def test_one_webhook_can_be_left_out():
+    docs = render({"webhook": {"mutating": {"enabled": False}}})
+    assert "MutatingWebhookConfiguration" not in kinds(docs)
+    assert "ValidatingWebhookConfiguration" in kinds(docs)
+
+
+# ---- the Deployment ---------------------------------------------------------------------
+
+
+def test_default_objects(default):
+    assert kinds(default) == sorted(
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "Deployment",
+            "MutatingWebhookConfiguration",
+            "PodDisruptionBudget",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount",
+            "ValidatingWebhookConfiguration",
+        ]
+    )
+    for d in default:
+        if d["kind"] not in ("ClusterRole", "ClusterRoleBinding") and not d["kind"].endswith(
+            "WebhookConfiguration"
+        ):
+            assert d["metadata"]["namespace"] == NAMESPACE, d["kind"]
+
+
+def test_pods_are_hardened(default):
+    spec = one(default, "Deployment")["spec"]["template"]["spec"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["runAsUser"] == 65532
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert spec["automountServiceAccountToken"] is True  # the watches need it
+    c = container(default)
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["privileged"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+    # Pod Security "restricted" allows these volume types only (and no hostPath, no hostPort)
+    assert {next(k for k in v if k != "name") for v in spec["volumes"]} <= {
+        "emptyDir",
+        "configMap",
+        "secret",
+        "projected",
+    }
+    assert all("hostPort" not in p for p in c["ports"])
+    tmp = next(m for m in c["volumeMounts"] if m["name"] == "tmp")
+    assert tmp["mountPath"] == "/tmp"
+    sa = one(default, "ServiceAccount")
+    assert sa["automountServiceAccountToken"] is False
+
+
+def test_probes_https_on_readyz_and_healthz(default):
+    c = container(default)
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "https", "scheme": "HTTPS"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "https", "scheme": "HTTPS"}
+    assert c["ports"] == [{"name": "https", "containerPort": 8443, "protocol": "TCP"}]
+    svc = one(default, "Service")
+    assert svc["spec"]["ports"] == [
+        {"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"}
+    ]
+
+
+def test_two_replicas_spread_across_nodes_with_a_pdb(default):
+    dep = one(default, "Deployment")
+    assert dep["spec"]["replicas"] == 2
+    spec = dep["spec"]["template"]["spec"]
+    anti = spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    keys = {t["topologyKey"] for t in spec["topologySpreadConstraints"]}
+    assert keys == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+    pdb = one(default, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"] == dep["spec"]["selector"]
+    hard = render({"podAntiAffinity": {"type": "hard"}})
+    required = one(hard, "Deployment")["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert "requiredDuringSchedulingIgnoredDuringExecution" in required
+
+
+def test_self_managed_args(default):
+    args = container(default)["args"]
+    assert "--manage-certs" in args
+    assert f"--cert-secret={FULLNAME}-tls" in args
+    assert f"--cert-service={FULLNAME}" in args
+    assert f"--webhook-config={FULLNAME}" in args
+    assert "--cert-namespace=$(POD_NAMESPACE)" in args
+    assert "--cert-dir=/tmp/certs" in args
+    assert "--policy=/etc/streamgate/policy/policy.yaml" in args
+    env = {e["name"]: e for e in container(default)["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert not any(a.startswith("--cert=") for a in args)
+
+
+def test_workload_identity():
+    client_id = "11111111-2222-3333-4444-555555555555"
+    docs = render({"workloadIdentity": {"clientId": client_id}})
+    sa = one(docs, "ServiceAccount")
+    assert sa["metadata"]["annotations"]["azure.workload.identity/client-id"] == client_id
+    labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert labels["azure.workload.identity/use"] == "true"
+    plain = render()
+    assert "annotations" not in one(plain, "ServiceAccount")["metadata"]
+    assert (
+        "azure.workload.identity/use"
+        not in one(plain, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    )
+
+
+# ---- RBAC -------------------------------------------------------------------------------
+
+
+def _rules(doc: dict[str, Any]) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...]]]:
+    out = []
+    for r in doc["rules"]:
+        for g in r["apiGroups"]:
+            for res in r["resources"]:
+                out.append((g, res, tuple(sorted(r["verbs"])), tuple(r.get("resourceNames", ()))))
+    return sorted(out)
+
+
+def test_rbac_least_privilege_self_managed(default):
+    watch = ("get", "list", "watch")
+    assert _rules(one(default, "ClusterRole")) == sorted(
+        [
+            ("", "nodes", watch, ()),
+            ("", "namespaces", watch, ()),
+            ("node.k8s.io", "runtimeclasses", watch, ()),
+            (
+                "admissionregistration.k8s.io",
+                "validatingwebhookconfigurations",
+                ("get", "patch"),
+                (FULLNAME,),
+            ),
+            (
+                "admissionregistration.k8s.io",
+                "mutatingwebhookconfigurations",
+                ("get", "patch"),
+                (FULLNAME,),
+            ),
+        ]
+    )
+    assert _rules(one(default, "Role")) == sorted(
+        [
+            ("", "secrets", ("create",), ()),
+            ("", "secrets", ("get", "update"), (f"{FULLNAME}-tls",)),
+        ]
+    )
+    for doc in (one(default, "ClusterRoleBinding"), one(default, "RoleBinding")):
+        assert doc["subjects"] == [
+            {"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}
+        ]
+
+
+@pytest.mark.parametrize("values", [CERT_MANAGER, PROVIDED], ids=["cert-manager", "provided"])
+def test_rbac_without_self_managed_certificates_is_read_only(values):
+    docs = render(values)
+    assert "Role" not in kinds(docs)
+    for _, _, verbs, _ in _rules(one(docs, "ClusterRole")):
+        assert verbs == ("get", "list", "watch")
+
+
+# ---- policy -----------------------------------------------------------------------------
+
+
+def test_policy_values_match_the_default_policy_file():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert parse_policy(values["policy"]) == load_policy(ROOT / "app" / "default-policy.yaml")
+    assert values["policy"] == yaml.safe_load((ROOT / "app" / "default-policy.yaml").read_text())
+
+
+def test_policy_configmap_is_a_valid_policy_and_rolls_the_pods(default):
+    cm = one(default, "ConfigMap")
+    assert cm["metadata"]["name"] == f"{FULLNAME}-policy"
+    assert parse_policy(yaml.safe_load(cm["data"]["policy.yaml"])) == Policy()
+    strict = render({"policy": {"mode": "enforce", "rules": {"digestPinned": "deny"}}})
+    policy = parse_policy(yaml.safe_load(one(strict, "ConfigMap")["data"]["policy.yaml"]))
+    assert policy.mode == "enforce" and policy.rules.digest_pinned == "deny"
+    checksum = "checksum/policy"
+    before = one(default, "Deployment")["spec"]["template"]["metadata"]["annotations"][checksum]
+    after = one(strict, "Deployment")["spec"]["template"]["metadata"]["annotations"][checksum]
+    assert before != after
+
+
+# ---- certificate modes ------------------------------------------------------------------
+
+
+def test_cert_manager_mode():
+    docs = render(CERT_MANAGER)
+    assert kinds(docs).count("Issuer") == 2 and kinds(docs).count("Certificate") == 2
+    ca = one(docs, "Certificate", f"{FULLNAME}-ca")
+    assert ca["spec"]["isCA"] is True
+    serving = one(docs, "Certificate", f"{FULLNAME}-serving")
+    svc = f"{FULLNAME}.{NAMESPACE}"
+    assert serving["spec"]["dnsNames"] == [FULLNAME, svc, f"{svc}.svc", f"{svc}.svc.cluster.local"]
+    assert serving["spec"]["issuerRef"] == {"kind": "Issuer", "name": f"{FULLNAME}-ca"}
+    assert serving["spec"]["secretName"] == f"{FULLNAME}-tls"
+    for d in docs:
+        if d["kind"].endswith("WebhookConfiguration"):
+            annotations = d["metadata"]["annotations"]
+            assert (
+                annotations["cert-manager.io/inject-ca-from"] == f"{NAMESPACE}/{FULLNAME}-serving"
+            )
+    c = container(docs)
+    assert "--cert=/etc/streamgate/tls/tls.crt" in c["args"] and "--manage-certs" not in c["args"]
+    volumes = one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    assert {
+        "name": "tls",
+        "secret": {"secretName": f"{FULLNAME}-tls", "defaultMode": 0o440},
+    } in volumes
+
+
+def test_cert_manager_with_an_existing_issuer():
+    docs = render(MODES["cert-manager-issuer"])
+    assert "Issuer" not in kinds(docs)
+    serving = one(docs, "Certificate")
+    assert serving["spec"]["issuerRef"] == {"kind": "ClusterIssuer", "name": "corp-ca"}
+
+
+def test_provided_mode():
+    docs = render(PROVIDED)
+    assert {w["clientConfig"]["caBundle"] for _, w in webhooks(docs)} == {CA_B64}
+    volumes = one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    assert any(v.get("secret", {}).get("secretName") == "mine" for v in volumes)
+    assert "Certificate" not in kinds(docs)
+
+
+# ---- values that must be refused, with a message that says why ---------------------------
+
+
+BAD = {
+    "replicas-0": ({"replicas": 0}, "/replicas"),
+    "failure-policy": ({"webhook": {"failurePolicy": "Never"}}, "'Ignore', 'Fail'"),
+    "mode": ({"policy": {"mode": "strict"}}, "'enforce', 'warn', 'audit', 'off'"),
+    "rule-action": (
+        {"policy": {"rules": {"notStreamable": "block"}}},
+        "/policy/rules/notStreamable",
+    ),
+    "timeout-31": ({"webhook": {"timeoutSeconds": 31}}, "/webhook/timeoutSeconds"),
+    "timeout-0": ({"webhook": {"timeoutSeconds": 0}}, "/webhook/timeoutSeconds"),
+    "cert-mode": (
+        {"certificates": {"mode": "vault"}},
+        "'self-managed', 'cert-manager', 'provided'",
+    ),
+    "typo": ({"replicass": 3}, "'replicass' not allowed"),
+    "http-url": ({"webhook": {"url": "http://127.0.0.1:9443", "caBundle": CA_B64}}, "/webhook/url"),
+    "url-without-ca": (
+        {"webhook": {"url": "https://127.0.0.1:9443"}, "deployment": {"enabled": False}},
+        "webhook.url needs webhook.caBundle",
+    ),
+    "provided-without-secret": (
+        {"certificates": {"mode": "provided", "provided": {"caBundle": CA_B64}}},
+        "needs certificates.provided.secretName",
+    ),
+    "provided-without-ca": (
+        {"certificates": {"mode": "provided", "provided": {"secretName": "mine"}}},
+        "needs certificates.provided.caBundle",
+    ),
+    "no-deployment-no-url": ({"deployment": {"enabled": False}}, "set webhook.url"),
+    "deadline-over-timeout": (
+        {"lookupDeadline": 4, "webhook": {"timeoutSeconds": 3}},
+        "lookupDeadline (4 s) must be below webhook.timeoutSeconds (3 s)",
+    ),
+    "root-user": ({"runAsUser": 0}, "/runAsUser"),
+    "bad-client-id": ({"workloadIdentity": {"clientId": "me"}}, "/workloadIdentity/clientId"),
+    "anti-affinity-twice": ({"affinity": {"podAntiAffinity": {}}}, "/affinity"),
+    "privileged-port": ({"containerPort": 443}, "/containerPort"),
+}
+
+
+@pytest.mark.parametrize(("values", "message"), BAD.values(), ids=BAD.keys())
+def test_bad_values_are_refused_with_a_clear_message(values, message):
+    assert message in render_error(values)
+
+
+def test_lint_refuses_bad_values_too():
+    out = helm("lint", "--strict", str(CHART), values={"replicas": 0}, check=False)
+    assert out.returncode != 0 and "/replicas" in out.stdout + out.stderr
+
+
+# ---- extras -----------------------------------------------------------------------------
+
+
+def test_network_policy_and_service_monitor():
+    docs = render(MODES["everything-on"])
+    netpol = one(docs, "NetworkPolicy")
+    assert netpol["spec"]["ingress"] == [{"ports": [{"port": "https", "protocol": "TCP"}]}]
+    egress_ports = {p["port"] for rule in netpol["spec"]["egress"] for p in rule["ports"]}
+    assert egress_ports == {53, 443}
+    monitor = one(docs, "ServiceMonitor")
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https" and endpoint["path"] == "/metrics"
+    assert endpoint["tlsConfig"]["serverName"] == f"{FULLNAME}.{NAMESPACE}.svc"
+
+
+def test_values_schema_covers_every_value():
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def walk(value: Any, node: dict[str, Any], path: str) -> None:
+        if isinstance(value, dict) and node.get("additionalProperties") is False:
+            for key, sub in value.items():
+                assert key in node["properties"], f"{path}.{key} missing from values.schema.json"
+                walk(sub, node["properties"][key], f"{path}.{key}")
+
+    walk(values, schema, "")
+
+
+# ---- the image --------------------------------------------------------------------------
+
+
+def _stages(dockerfile: str) -> list[list[str]]:
+    """Instructions (continuations joined, comments dropped) per build stage."""
+    lines: list[str] = []
+    pending = ""
+    for raw in dockerfile.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        lines.append(pending + line)
+        pending = ""
+    stages: list[list[str]] = []
+    for line in lines:
+        if line.upper().startswith("FROM "):
+            stages.append([])
+        if stages:
+            stages[-1].append(line)
+    return stages
+
+
+def test_dockerfile():
+    text = (ROOT / "Dockerfile").read_text()
+    build, final = _stages(text)
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim$", text, re.M)
+    assert final[0] == "FROM ${PYTHON_IMAGE}"
+    user = next(line for line in final if line.startswith("USER "))
+    uid, gid = user.split()[1].split(":")
+    assert uid.isdigit() and int(uid) > 0 and gid.isdigit() and int(gid) > 0
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert (int(uid), int(gid)) == (values["runAsUser"], values["runAsGroup"])
+    assert final[-1] == 'ENTRYPOINT ["streamgate", "serve"]'
+    assert not any("HEALTHCHECK" in line for line in final)
+    # The final stage only copies the virtualenv: no package manager, no compilers.
+    assert not any(
+        re.search(r"apt-get|apk |pip install|gcc|build-essential", line) for line in final
+    )
+    assert "COPY --from=build /opt/streamgate /opt/streamgate" in final
+    # The package itself is installed from pyproject.toml, so its dependencies are exactly
+    # pyproject's (pinned by constraints.txt when that file exists).
+    assert any(line.startswith("COPY pyproject.toml") for line in build)
+    install = next(line for line in build if "pip install" in line)
+    assert re.search(r"pip install [^&]*\. ", install + " ")
+    assert "--constraint constraints.txt" in install
+    ignored = [
+        line
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line and line[0] != "#"
+    ]
+    assert ignored[0] == "*" and {"!pyproject.toml", "!app/", "!README.md"} <= set(ignored)
