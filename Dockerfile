@@ -10,9 +10,8 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
 RUN python -m venv /opt/streamgate
 WORKDIR /src
-# Dependencies first (cached while only app/ changes). constraints.txt, when present, pins
-# every dependency (pip freeze of a tested environment); the glob keeps the build working
-# without it.
+# constraints.txt, when present, pins every dependency (a `pip freeze` of a tested
+# environment); the glob keeps the build working without it.
 COPY pyproject.toml README.md constraints.tx[t] ./
 COPY app ./app
 # pip itself is removed from the virtualenv; byte-code is compiled now because the root
