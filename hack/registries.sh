@@ -14,6 +14,9 @@
 #   token registry  :25003  docker-registry 2.8, Docker token auth; tokens come from the ACR front
 #   ACR front       :25443  HTTPS, tests/support/acr_front.py: /oauth2/exchange, /oauth2/token,
 #                           proxies /v2/ to the token registry
+#   olareg-acr      :25005  olareg, only reached through the next one
+#   ACR front (referrers) :25445  HTTPS, the same front checking the bearer tokens itself, before
+#                           olareg-acr: ACR auth together with the referrers API, as on ACR
 #
 # Cache and state live under ${STREAMGATE_CACHE:-$HOME/.cache/streamgate} (bin/, registries/),
 # never inside the repository. Ports can be moved with STREAMGATE_*_PORT (see below).
@@ -36,6 +39,8 @@ DIST_PORT=${STREAMGATE_DISTRIBUTION_PORT:-25001}
 BASIC_PORT=${STREAMGATE_BASIC_PORT:-25002}
 TOKEN_PORT=${STREAMGATE_TOKEN_REGISTRY_PORT:-25003}
 PAGED_PORT=${STREAMGATE_OLAREG_PAGED_PORT:-25004}
+OLAREG_ACR_PORT=${STREAMGATE_OLAREG_ACR_PORT:-25005}
+FRONT_REF_PORT=${STREAMGATE_ACR_REFERRERS_FRONT_PORT:-25445}
 PAGED_LIMIT=${STREAMGATE_OLAREG_PAGED_LIMIT:-4096}
 FRONT_PORT=${STREAMGATE_ACR_FRONT_PORT:-25443}
 
@@ -58,7 +63,7 @@ else
   PYTHON=python3
 fi
 
-INSTANCES=(olareg paged distribution basic token front)
+INSTANCES=(olareg paged distribution basic token front olareg-acr front-referrers)
 
 log() { printf 'registries: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -71,6 +76,8 @@ port_of() {
     basic) echo "$BASIC_PORT" ;;
     token) echo "$TOKEN_PORT" ;;
     front) echo "$FRONT_PORT" ;;
+    olareg-acr) echo "$OLAREG_ACR_PORT" ;;
+    front-referrers) echo "$FRONT_REF_PORT" ;;
   esac
 }
 pidfile_of() { echo "$STATE/$1.pid"; }
@@ -82,6 +89,8 @@ markers_of() {
     olareg) printf '%s\n' "$BIN/olareg " "--port $OLAREG_PORT " ;;
     paged) printf '%s\n' "$BIN/olareg-paged " "-port $PAGED_PORT " ;;
     front) printf '%s\n' "tests.support.acr_front " "--port $FRONT_PORT " "$PKI/front.crt " ;;
+    olareg-acr) printf '%s\n' "$BIN/olareg " "--port $OLAREG_ACR_PORT " ;;
+    front-referrers) printf '%s\n' "tests.support.acr_front " "--port $FRONT_REF_PORT " "$PKI/front.crt " ;;
     *) printf '%s\n' "$STATE/$1/config.yml" ;;
   esac
 }
@@ -98,8 +107,10 @@ is_ours() {
 }
 
 url_of() {
-  if [[ $1 == front ]]; then echo "https://$HOST:$(port_of front)/v2/"; else echo "http://$HOST:$(port_of "$1")/v2/"; fi
+  if is_https "$1"; then echo "https://$HOST:$(port_of "$1")/v2/"; else echo "http://$HOST:$(port_of "$1")/v2/"; fi
 }
+
+is_https() { [[ $1 == front || $1 == front-referrers ]]; }
 
 cmdline_of() { tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null || true; }
 
@@ -283,11 +294,22 @@ spawn() { # name cmd... ; runs detached, output to the log file, pid to the pid 
   echo $! > "$pf"
 }
 
+spawn_front() { # name port upstream [extra args]
+  local name=$1 port=$2 upstream=$3
+  shift 3
+  (cd "$REPO_ROOT" && PYTHONPATH=$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH} spawn "$name" "$PYTHON" -m tests.support.acr_front \
+    --host "$HOST" --port "$port" \
+    --upstream "$upstream" --upstream-service "$TOKEN_SERVICE" --issuer "$TOKEN_ISSUER" \
+    --cert "$PKI/front.crt" --key "$PKI/front.key" \
+    --signing-key "$PKI/token-signing.key" --signing-cert "$PKI/token-signing.crt" \
+    --aad-cert "$PKI/aad-signing.crt" --aad-token "$AAD_TOKEN" "$@")
+}
+
 wait_ready() { # name
   local name=$1 url code pid i
   url=$(url_of "$name")
   for ((i = 0; i < 150; i++)); do
-    if [[ $name == front ]]; then
+    if is_https "$name"; then
       code=$(http_code "$url" --cacert "$PKI/ca.crt")
     else
       code=$(http_code "$url")
@@ -351,12 +373,14 @@ start_one() {
       spawn token "$DOCKER_REGISTRY" serve "$STATE/token/config.yml"
       ;;
     front)
-      (cd "$REPO_ROOT" && PYTHONPATH=$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH} spawn front "$PYTHON" -m tests.support.acr_front \
-        --host "$HOST" --port "$FRONT_PORT" \
-        --upstream "$HOST:$TOKEN_PORT" --upstream-service "$TOKEN_SERVICE" --issuer "$TOKEN_ISSUER" \
-        --cert "$PKI/front.crt" --key "$PKI/front.key" \
-        --signing-key "$PKI/token-signing.key" --signing-cert "$PKI/token-signing.crt" \
-        --aad-cert "$PKI/aad-signing.crt" --aad-token "$AAD_TOKEN")
+      spawn_front front "$FRONT_PORT" "$HOST:$TOKEN_PORT"
+      ;;
+    olareg-acr)
+      spawn olareg-acr "$BIN/olareg" -v trace serve --addr "$HOST" --port "$OLAREG_ACR_PORT" \
+        --store-type mem --api-push --api-delete --api-referrer
+      ;;
+    front-referrers)
+      spawn_front front-referrers "$FRONT_REF_PORT" "$HOST:$OLAREG_ACR_PORT" --enforce-auth
       ;;
   esac
   wait_ready "$name"
@@ -399,11 +423,11 @@ cmd_up() {
   ensure_pki
   local name failed=0
   for name in "${INSTANCES[@]}"; do
-    [[ $name == front && $START_FRONT != 1 ]] && continue
+    [[ $name == front* && $START_FRONT != 1 ]] && continue
     start_one "$name" || failed=1
   done
   [[ $failed == 0 ]] || die "some registries did not start (hack/registries.sh down cleans up)"
-  log "up: olareg $HOST:$OLAREG_PORT, olareg-paged $HOST:$PAGED_PORT, distribution $HOST:$DIST_PORT, basic $HOST:$BASIC_PORT, token $HOST:$TOKEN_PORT, ACR front https://$HOST:$FRONT_PORT"
+  log "up: olareg $HOST:$OLAREG_PORT, olareg-paged $HOST:$PAGED_PORT, distribution $HOST:$DIST_PORT, basic $HOST:$BASIC_PORT, token $HOST:$TOKEN_PORT, ACR front https://$HOST:$FRONT_PORT, olareg-acr $HOST:$OLAREG_ACR_PORT, ACR front with referrers https://$HOST:$FRONT_REF_PORT"
 }
 
 cmd_down() {
@@ -418,10 +442,10 @@ cmd_status() {
   for name in "${INSTANCES[@]}"; do
     pid=$(running_pid "$name")
     if [[ -n $pid ]]; then
-      if [[ $name == front ]]; then code=$(http_code "$(url_of front)" --cacert "$PKI/ca.crt"); else code=$(http_code "$(url_of "$name")"); fi
-      printf '%-13s %-7s pid %-7s GET %s -> %s  log %s\n' "$name" running "$pid" "$(url_of "$name")" "$code" "$(logfile_of "$name")"
+      if is_https "$name"; then code=$(http_code "$(url_of "$name")" --cacert "$PKI/ca.crt"); else code=$(http_code "$(url_of "$name")"); fi
+      printf '%-16s %-7s pid %-7s GET %s -> %s  log %s\n' "$name" running "$pid" "$(url_of "$name")" "$code" "$(logfile_of "$name")"
     else
-      printf '%-13s %-7s %s\n' "$name" stopped "$(url_of "$name")"
+      printf '%-16s %-7s %s\n' "$name" stopped "$(url_of "$name")"
       rc=3
     fi
   done
@@ -442,6 +466,8 @@ export STREAMGATE_TOKEN_REGISTRY=$HOST:$TOKEN_PORT
 export STREAMGATE_TOKEN_SERVICE=$TOKEN_SERVICE
 export STREAMGATE_TOKEN_ISSUER=$TOKEN_ISSUER
 export STREAMGATE_ACR_FRONT=$HOST:$FRONT_PORT
+export STREAMGATE_OLAREG_ACR=$HOST:$OLAREG_ACR_PORT
+export STREAMGATE_ACR_REFERRERS_FRONT=$HOST:$FRONT_REF_PORT
 export STREAMGATE_AAD_TOKEN=$AAD_TOKEN
 export STREAMGATE_CA_CERT=$PKI/ca.crt
 export STREAMGATE_PKI=$PKI
@@ -451,6 +477,8 @@ export STREAMGATE_DISTRIBUTION_LOG=$(logfile_of distribution)
 export STREAMGATE_BASIC_LOG=$(logfile_of basic)
 export STREAMGATE_TOKEN_REGISTRY_LOG=$(logfile_of token)
 export STREAMGATE_ACR_FRONT_LOG=$(logfile_of front)
+export STREAMGATE_OLAREG_ACR_LOG=$(logfile_of olareg-acr)
+export STREAMGATE_ACR_REFERRERS_FRONT_LOG=$(logfile_of front-referrers)
 EOF
 }
 

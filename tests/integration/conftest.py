@@ -12,11 +12,13 @@ Session-scoped, all on 127.0.0.1 (docs/registries.md has the whole picture):
   token registry: ``.host`` (= the ``service``), ``.url``, ``.ca_cert``, ``.aad_token`` (an
   opaque AAD token it accepts), ``.mint_aad_token()``, ``.stats()`` / ``.count()`` /
   ``.reset_stats()``, ``.configured(access_token_lifetime=..)``, ``.upstream`` (the token
-  registry, whose log counts requests at the registry side).
+  registry, whose log counts requests at the registry side). No referrers API behind it.
+* ``acr_front_referrers`` - the same, before an olareg (``olareg_acr``) and checking the bearer
+  tokens itself: ACR auth with the referrers API, as on a real ACR.
 * ``seeded`` - :class:`Seeded`: ``seeded["olareg"]`` etc. seeds that registry with
   ``hack/seed_registry.py`` on first use in the session and returns a :class:`SeedResult`
   (digests, platform digests, referrers). Names: olareg, olareg_paged, distribution, basic,
-  acr_front.
+  acr_front, acr_front_referrers.
 
 Registries that this session had to start are stopped at its end when ``CI`` or
 ``STREAMGATE_STOP_REGISTRIES`` is set; otherwise they stay up for the next run
@@ -85,16 +87,22 @@ def token_registry(registry_env: RegistryEnv) -> Registry:
 
 
 class _FrontHolder:
-    """Starts this session's ACR front on first use (by ``acr_front`` or ``seeded``)."""
+    """Starts one of this session's ACR fronts on first use (by its fixture or ``seeded``)."""
 
-    def __init__(self, env: RegistryEnv) -> None:
+    def __init__(self, env: RegistryEnv, *, referrers: bool = False) -> None:
         self.env = env
+        self.referrers = referrers
         self.front: AcrFront | None = None
 
     def get(self) -> AcrFront:
         if self.front is None:
             try:
-                self.front = start_acr_front(self.env)
+                if self.referrers:
+                    self.front = start_acr_front(
+                        self.env, upstream=self.env.olareg_acr, enforce_auth=True
+                    )
+                else:
+                    self.front = start_acr_front(self.env)
             except RegistryInfraError as exc:
                 pytest.fail(str(exc), pytrace=False)
         return self.front
@@ -113,13 +121,30 @@ def _front_holder(registry_env: RegistryEnv) -> Iterator[_FrontHolder]:
 
 
 @pytest.fixture(scope="session")
+def _front_referrers_holder(registry_env: RegistryEnv) -> Iterator[_FrontHolder]:
+    holder = _FrontHolder(registry_env, referrers=True)
+    yield holder
+    holder.stop()
+
+
+@pytest.fixture(scope="session")
 def acr_front(_front_holder: _FrontHolder) -> AcrFront:
-    """This session's ACR front (HTTPS on a free port) before the token registry."""
+    """This session's ACR front (HTTPS on a free port) before the token registry: ACR auth,
+    no referrers API (docker-registry 2.8), so clients use the fallback tag."""
     return _front_holder.get()
 
 
 @pytest.fixture(scope="session")
-def seeded(registry_env: RegistryEnv, _front_holder: _FrontHolder) -> Seeded:
+def acr_front_referrers(_front_referrers_holder: _FrontHolder) -> AcrFront:
+    """This session's ACR front before olareg, checking the tokens itself: ACR auth and the
+    referrers API together, as on a real ACR."""
+    return _front_referrers_holder.get()
+
+
+@pytest.fixture(scope="session")
+def seeded(
+    registry_env: RegistryEnv, _front_holder: _FrontHolder, _front_referrers_holder: _FrontHolder
+) -> Seeded:
     """Seeds each registry on first use in the session: ``seeded["olareg"]`` -> SeedResult."""
     return Seeded(
         {
@@ -128,5 +153,6 @@ def seeded(registry_env: RegistryEnv, _front_holder: _FrontHolder) -> Seeded:
             "distribution": registry_env.distribution,
             "basic": registry_env.basic,
             "acr_front": _front_holder.get,
+            "acr_front_referrers": _front_referrers_holder.get,
         }
     )

@@ -489,10 +489,50 @@ def test_acr_front_basic_variants_and_lifetimes(acr_front: AcrFront) -> None:
         assert acr_front.get_config()["access_token_lifetime"] == 75 * 60
 
 
+def test_acr_front_with_referrers_api(acr_front_referrers: AcrFront, seeded: Seeded) -> None:
+    front = acr_front_referrers
+    s = seeded["acr_front_referrers"]
+    assert s.referrers_api is True
+    assert s.oci_subject_header is True
+    digest = s.digest("demo/streamable:v1")
+    since = front.upstream.offset()
+    with front.client() as c:
+        r = c.get(f"/v2/demo/streamable/referrers/{digest}")
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"] == (
+            f'Bearer realm="https://{front.host}/oauth2/token",service="{front.host}",'
+            'scope="repository:demo/streamable:pull"'
+        )
+        token = bearer_token(front, c, "repository:demo/streamable:pull", front.mint_aad_token())
+        auth = {"Authorization": f"Bearer {token}"}
+        r = c.get(
+            f"/v2/demo/streamable/referrers/{digest}",
+            headers=auth,
+            params={"artifactType": STREAMING_TYPE},
+        )
+        assert r.status_code == 200
+        assert [m["artifactType"] for m in manifests_of(r)] == [STREAMING_TYPE]
+        # the front checks scope as docker-registry would
+        r = c.get("/v2/demo/plain/manifests/v1", headers=auth)
+        assert r.status_code == 401
+        assert 'error="insufficient_scope"' in r.headers["www-authenticate"]
+        r = c.delete(f"/v2/demo/streamable/manifests/{digest}", headers=auth)
+        assert r.status_code == 401
+        r = c.get(
+            "/v2/demo/streamable/manifests/v1",
+            headers={"Authorization": f"Bearer {token[:-4]}AAAA"},
+        )
+        assert r.status_code == 401
+        assert 'error="invalid_token"' in r.headers["www-authenticate"]
+    # the authorised request reached olareg, the refused ones did not
+    assert front.upstream.count(since, "GET", r"^/v2/demo/streamable/referrers/", expect=1) >= 1
+    assert front.upstream.count(since, "DELETE", r"^/v2/demo/streamable/") == 0
+
+
 # --------------------------------------------------------------------------- add-referrer
 
 
-@pytest.mark.parametrize("name", ["olareg", "distribution", "acr_front"])
+@pytest.mark.parametrize("name", ["olareg", "distribution", "acr_front", "acr_front_referrers"])
 def test_add_referrer_makes_a_referrer_appear(name: str, seeded: Seeded) -> None:
     s = seeded[name]
     target = seeded.target(name)

@@ -30,6 +30,10 @@ What it does, following Azure/acr ``docs/AAD-OAuth.md`` (see docs/registries.md)
   ``Authorization: Basic`` work too: with a configured user (``--basic-user u:p``) or, as on ACR,
   with the user ``00000000-0000-0000-0000-000000000000`` and a refresh token as password.
   Anonymous token requests are granted ``pull`` only when ``--anonymous-pull`` is set.
+* With ``--enforce-auth`` the front checks the bearer tokens itself (signature, ``iss``,
+  ``aud``, ``exp``/``nbf`` with docker-registry's 60 s leeway, an ``access`` entry for the
+  repository and action) and answers ``401`` with the challenge as a registry would; for an
+  upstream without auth (olareg), so that ACR auth can be tested together with the referrers API.
 * Every request is counted by method and path; ``GET /_front/stats`` shows the counts,
   ``POST /_front/stats/reset`` (or ``DELETE /_front/stats``) clears them, and
   ``GET/POST /_front/config`` reads/changes token lifetimes and switches at run time.
@@ -248,6 +252,11 @@ class FrontConfig:
     clock_skew: float = LEEWAY_SECONDS  # leeway on exp/nbf of AAD and refresh tokens
     upstream_timeout: float = 60.0
     log_size: int = 2000
+    # Check bearer tokens here instead of leaving it to the upstream: for an upstream without
+    # auth (olareg), so that the ACR path can be tested against a registry with the referrers
+    # API, as ACR has. Checked like docker-registry does: signature, iss, aud, exp/nbf with
+    # 60 s leeway, and an `access` entry for the repository and action.
+    enforce_auth: bool = False
 
     @property
     def x5c(self) -> list[str]:
@@ -268,6 +277,7 @@ class FrontConfig:
             "refresh_token_lifetime": self.refresh_token_lifetime,
             "access_token_lifetime": self.access_token_lifetime,
             "clock_skew": self.clock_skew,
+            "enforce_auth": self.enforce_auth,
         }
 
 
@@ -292,6 +302,11 @@ _V2_ROUTES = [
     (re.compile(r"^/v2/.+/tags/list$"), "/v2/{name}/tags/list"),
     (re.compile(r"^/v2/.+/referrers/[^/]+$"), "/v2/{name}/referrers/{digest}"),
 ]
+
+
+_V2_NAME_RE = re.compile(r"^/v2/(?P<name>.+?)/(?:manifests|blobs|tags|referrers)/")
+# docker-registry's leeway on access-token exp/nbf (registry/auth/token: Leeway = 60 s)
+UPSTREAM_LEEWAY_SECONDS = 60
 
 
 def route_of(path: str) -> str:
@@ -636,12 +651,79 @@ class AcrFront:
         value = re.sub(r'service="[^"]*"', f'service="{self._public_service(request)}"', value)
         return value
 
+    def _required_access(self, request: Request) -> tuple[str, str] | None:
+        """(repository, action) a /v2 request needs; None for the base endpoint /v2/."""
+        m = _V2_NAME_RE.match(request.url.path)
+        if m is None:
+            return None
+        if request.method in ("GET", "HEAD"):
+            action = "pull"
+        elif request.method == "DELETE":
+            action = "delete"
+        else:
+            action = "push"
+        return m["name"], action
+
+    def _check_bearer(self, request: Request) -> Response | None:
+        """With enforce_auth: None when the request may pass, else the 401 to answer."""
+        need = self._required_access(request)
+        challenge = (
+            f'Bearer realm="{self._realm(request)}",service="{self._public_service(request)}"'
+        )
+        if need is not None:
+            challenge += f',scope="repository:{need[0]}:{need[1]}"'
+        auth = request.headers.get("authorization", "")
+        if not auth.lower().startswith("bearer "):
+            return _acr_error(
+                401,
+                "UNAUTHORIZED",
+                "authentication required",
+                headers={"WWW-Authenticate": challenge},
+            )
+        try:
+            claims = verify_jwt(
+                auth[7:].strip(),
+                self.config.signing_key.public_key(),
+                audiences=[self.config.upstream_service],
+                leeway=UPSTREAM_LEEWAY_SECONDS,
+            )
+            if claims.get("iss") != self.config.issuer:
+                raise TokenError("wrong issuer")
+        except TokenError:
+            return _acr_error(
+                401,
+                "UNAUTHORIZED",
+                "authentication required",
+                headers={"WWW-Authenticate": challenge + ',error="invalid_token"'},
+            )
+        if need is None:
+            return None
+        for entry in claims.get("access") or []:
+            if (
+                isinstance(entry, dict)
+                and entry.get("type") == "repository"
+                and entry.get("name") == need[0]
+                and (need[1] in (entry.get("actions") or []) or "*" in (entry.get("actions") or []))
+            ):
+                return None
+        return _acr_error(
+            401,
+            "UNAUTHORIZED",
+            "authentication required",
+            headers={"WWW-Authenticate": challenge + ',error="insufficient_scope"'},
+        )
+
     async def proxy(self, request: Request) -> Response:
+        if self.config.enforce_auth:
+            refused = self._check_bearer(request)
+            if refused is not None:
+                return refused
         headers = [
             (k, v)
             for k, v in request.headers.items()
             if k.lower() not in HOP_BY_HOP
             and not (k.lower() == "content-length" and request.method in ("GET", "HEAD"))
+            and not (self.config.enforce_auth and k.lower() == "authorization")
         ]
         has_body = request.method in ("POST", "PUT", "PATCH")
         upstream_request = self.client.build_request(
@@ -811,6 +893,7 @@ def config_from_args(args: argparse.Namespace) -> FrontConfig:
         refresh_token_lifetime=args.refresh_token_lifetime,
         access_token_lifetime=args.access_token_lifetime,
         clock_skew=args.clock_skew,
+        enforce_auth=args.enforce_auth,
     )
 
 
@@ -890,6 +973,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=LEEWAY_SECONDS,
         help="seconds of leeway on exp/nbf of AAD and refresh tokens",
+    )
+    p.add_argument(
+        "--enforce-auth",
+        action="store_true",
+        help="check bearer tokens in the front (for an upstream without auth, e.g. olareg)",
     )
     p.add_argument("--log-level", default="warning")
     return p

@@ -268,6 +268,17 @@ class RegistryEnv:
         )
 
     @property
+    def olareg_acr(self) -> Registry:
+        """The olareg that only the referrers-capable ACR front (--enforce-auth) talks to."""
+        v = self.values
+        return Registry(
+            "olareg_acr",
+            v["STREAMGATE_OLAREG_ACR"],
+            Path(v["STREAMGATE_OLAREG_ACR_LOG"]),
+            referrers_api=True,
+        )
+
+    @property
     def token_registry(self) -> Registry:
         """The token-auth docker-registry itself (behind the ACR front)."""
         v = self.values
@@ -372,7 +383,7 @@ class AcrFront:
     ca_cert: str
     aad_token: str  # an opaque AAD token it accepts
     aad_signing_key: Path  # signs JWT "AAD" tokens it accepts (see mint_aad_token)
-    upstream: Registry  # the token-auth registry behind it
+    upstream: Registry  # the registry behind it (its log counts what reached it)
     log_path: Path  # the front's own stdout/stderr
     process: subprocess.Popen[bytes] | None = None
     tenant: str = "72f988bf-0000-0000-0000-000000000000"
@@ -473,11 +484,19 @@ def start_acr_front(
     *,
     port: int | None = None,
     aad_token: str = "sg-test-aad-token",
+    upstream: Registry | None = None,
+    enforce_auth: bool = False,
     extra_args: Sequence[str] = (),
     timeout: float = 30.0,
 ) -> AcrFront:
-    """Start a front on ``port`` (default: a free one) with the PKI of ``hack/registries.sh``."""
-    port = port or int(os.environ.get("STREAMGATE_TEST_ACR_FRONT_PORT", "0")) or free_port()
+    """Start a front on ``port`` (default: a free one) with the PKI of ``hack/registries.sh``.
+
+    By default it fronts the token registry (docker-registry 2.8, which checks the tokens).
+    With ``upstream=env.olareg_acr, enforce_auth=True`` it fronts olareg and checks the tokens
+    itself: ACR auth together with the referrers API, as a real ACR has.
+    """
+    upstream = upstream or env.token_registry
+    port = port or free_port()
     pki = env.pki
     log_path = env.state_dir / f"front-test-{port}.log"
     args = [
@@ -489,7 +508,7 @@ def start_acr_front(
         "--port",
         str(port),
         "--upstream",
-        env["STREAMGATE_TOKEN_REGISTRY"],
+        upstream.host,
         "--upstream-service",
         env["STREAMGATE_TOKEN_SERVICE"],
         "--issuer",
@@ -506,6 +525,7 @@ def start_acr_front(
         str(pki / "aad-signing.crt"),
         "--aad-token",
         aad_token,
+        *(["--enforce-auth"] if enforce_auth else []),
         *extra_args,
     ]
     pythonpath = os.environ.get("PYTHONPATH")
@@ -527,7 +547,7 @@ def start_acr_front(
         ca_cert=env.ca_cert,
         aad_token=aad_token,
         aad_signing_key=pki / "aad-signing.key",
-        upstream=env.token_registry,
+        upstream=upstream,
         log_path=log_path,
         process=proc,
     )
@@ -604,7 +624,7 @@ def run_seeder(target_args: Sequence[str], *command: str, timeout: float = 300.0
 class Seeded:
     """Seeds each registry on first use, once per session: ``seeded["olareg"]`` → SeedResult.
 
-    Names: olareg, olareg_paged, distribution, basic, acr_front.
+    Names: olareg, olareg_paged, distribution, basic, acr_front, acr_front_referrers.
     """
 
     def __init__(self, targets: dict[str, Any]) -> None:
