@@ -110,7 +110,9 @@ exempt namespaces, namespaces the policy turns off, and webhook.excludeNamespace
 {{- if and (not .Values.deployment.enabled) (not .Values.webhook.url) (or .Values.webhook.validating.enabled .Values.webhook.mutating.enabled) }}
 {{- fail "deployment.enabled=false leaves the webhook Service without pods: set webhook.url (and webhook.caBundle) to the webhook running elsewhere" }}
 {{- end }}
-{{- if ge (float64 .Values.lookupDeadline) (float64 .Values.webhook.timeoutSeconds) }}
-{{- fail (printf "lookupDeadline (%v s) must be below webhook.timeoutSeconds (%v s): the webhook answers before the apiserver gives up" .Values.lookupDeadline .Values.webhook.timeoutSeconds) }}
+{{- $registry := .Values.policy.registry | default dict }}
+{{- $deadline := $registry.deadline_seconds | default $registry.deadlineSeconds | default 2.0 }}
+{{- if ge (float64 $deadline) (float64 .Values.webhook.timeoutSeconds) }}
+{{- fail (printf "policy.registry.deadline_seconds (%v s) must be below webhook.timeoutSeconds (%v s): the webhook must answer before the apiserver gives up" $deadline .Values.webhook.timeoutSeconds) }}
 {{- end }}
 {{- end }}

@@ -19,6 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from app.cli import parser
 from app.policy import Policy, load_policy, parse_policy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -404,6 +405,32 @@ def test_workload_identity():
     )
 
 
+def _parse_serve_args(docs: list[dict[str, Any]]) -> Any:
+    """The container's args through the real `streamgate serve` parser (the image's entry
+    point): argparse exits on an unknown flag."""
+    return parser().parse_args(["serve", *container(docs)["args"]])
+
+
+@pytest.mark.parametrize("values", [CERT_MANAGER, PROVIDED], ids=["cert-manager", "provided"])
+def test_container_args_are_flags_streamgate_serve_knows(values):
+    args = _parse_serve_args(render(values))
+    assert args.kubeconfig == "in-cluster"
+    assert str(args.cert) == "/etc/streamgate/tls/tls.crt"
+    assert str(args.policy) == "/etc/streamgate/policy/policy.yaml"
+    assert args.port == 8443
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=SystemExit,
+    reason="--manage-certs and the --cert-* flags are not wired into app/cli.py yet "
+    "(app/certs.py manage_certificates); remove this marker when they are",
+)
+def test_self_managed_args_are_flags_streamgate_serve_knows(default):
+    args = _parse_serve_args(default)
+    assert args.manage_certs is True
+
+
 # ---- RBAC -------------------------------------------------------------------------------
 
 
@@ -470,9 +497,19 @@ def test_policy_configmap_is_a_valid_policy_and_rolls_the_pods(default):
     cm = one(default, "ConfigMap")
     assert cm["metadata"]["name"] == f"{FULLNAME}-policy"
     assert parse_policy(yaml.safe_load(cm["data"]["policy.yaml"])) == Policy()
-    strict = render({"policy": {"mode": "enforce", "rules": {"digestPinned": "deny"}}})
+    strict = render(
+        {
+            "policy": {
+                "mode": "enforce",
+                "rules": {"digestPinned": "deny"},
+                "registry": {"deadline_seconds": 1.5},
+                "pools": {"kubelet": {"minVersion": "1.30"}},
+            }
+        }
+    )
     policy = parse_policy(yaml.safe_load(one(strict, "ConfigMap")["data"]["policy.yaml"]))
     assert policy.mode == "enforce" and policy.rules.digest_pinned == "deny"
+    assert policy.registry.deadline_seconds == 1.5
     checksum = "checksum/policy"
     before = one(default, "Deployment")["spec"]["template"]["metadata"]["annotations"][checksum]
     after = one(strict, "Deployment")["spec"]["template"]["metadata"]["annotations"][checksum]
@@ -555,8 +592,8 @@ BAD = {
     ),
     "no-deployment-no-url": ({"deployment": {"enabled": False}}, "set webhook.url"),
     "deadline-over-timeout": (
-        {"lookupDeadline": 4, "webhook": {"timeoutSeconds": 3}},
-        "lookupDeadline (4 s) must be below webhook.timeoutSeconds (3 s)",
+        {"policy": {"registry": {"deadline_seconds": 4}}, "webhook": {"timeoutSeconds": 3}},
+        "policy.registry.deadline_seconds (4 s) must be below webhook.timeoutSeconds (3 s)",
     ),
     "root-user": ({"runAsUser": 0}, "/runAsUser"),
     "bad-client-id": ({"workloadIdentity": {"clientId": "me"}}, "/workloadIdentity/clientId"),
