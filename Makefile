@@ -38,8 +38,13 @@ run: install ## the webhook alone on https://127.0.0.1:8443 with a self-signed c
 	@echo "URL: https://127.0.0.1:8443/validate and /mutate"
 	$(BIN)/streamgate serve --host 127.0.0.1 --port 8443 --cert .demo/certs/tls.crt --key .demo/certs/tls.key
 
-demo: install ## the main job on a local registry (and cluster)
+demo: install ## the main job: local cluster + registry + webhook, examples applied
 	@hack/demo.sh
+
+demo-down: ## stop the demo's webhook, registries and cluster
+	-@hack/webhook.sh down
+	-@hack/registries.sh down
+	-@hack/cluster.sh down
 
 clean:
 	rm -rf $(VENV) .demo .mypy_cache .ruff_cache .pytest_cache
