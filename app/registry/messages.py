@@ -55,7 +55,9 @@ def _missing_reason(ref: ImageRef, result: LookupResult, *, platform: Platform) 
     if manifest is not None and manifest.is_index and manifest.platform_digest is None:
         return f"no {platform} image in the index; streaming needs one"
     if result.other_platforms:
-        return f"streaming artifact only for {', '.join(result.other_platforms)}, not {platform}"
+        others = ", ".join(result.other_platforms[:3])
+        more = ", ..." if len(result.other_platforms) > 3 else ""
+        return f"streaming artifact only for {others}{more}, not {platform}"
     if result.conversion is None:
         return "no streaming artifact"
     return _conversion_reason(result.conversion, fix_command(ref))

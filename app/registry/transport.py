@@ -93,7 +93,10 @@ class RegistryTransport:
 
     def _url(self, target: str) -> httpx.URL:
         if target.startswith("/"):
-            return self.base_url.copy_with(raw_path=target.encode("ascii"))
+            try:
+                return self.base_url.copy_with(raw_path=target.encode("ascii"))
+            except UnicodeEncodeError as err:
+                raise BadResponse(self.registry, "a link that is not a URL") from err
         try:
             url = self.base_url.join(target)
         except httpx.InvalidURL as err:

@@ -12,19 +12,31 @@ Run: .venv/bin/pytest -m registry tests/integration/test_registry_client.py
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import io
 import statistics
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import pytest
 
 from app.images import parse_image
 from app.registry import RegistryConfig, RegistryVerdictSource
+from app.registry.mediatypes import STREAMING
 from app.verdicts import ImageVerdict, Verdict
-from tests.support.registries import AcrFront, Registry, Seeded, SeedResult, run_seeder
+from tests.support.registries import (
+    REPO_ROOT,
+    AcrFront,
+    Registry,
+    Seeded,
+    SeedResult,
+    run_seeder,
+)
 
 pytestmark = pytest.mark.registry
 
@@ -40,7 +52,7 @@ STREAMABLE = {
     f"{NS}/many-referrers:v1",
 }
 NOT_STREAMABLE = {f"{NS}/plain:v1", f"{NS}/other-referrer:v1"}
-TARGETS = ["olareg", "olareg_paged", "distribution", "basic", "acr_front"]
+TARGETS = ["olareg", "olareg_paged", "distribution", "basic", "acr_front", "acr_front_referrers"]
 
 
 class StaticAad:
@@ -209,11 +221,12 @@ async def test_hundred_concurrent_lookups_one_manifest_one_referrers_call(
     assert olareg.count(since, None, f"^/v2/{NS}/streamable/") == 2
 
 
-async def test_acr_exchange_once_then_warm_tokens(seeded: Seeded, own: Own) -> None:
-    where = make_target("acr_front", seeded)
+@pytest.mark.parametrize("name", ["acr_front", "acr_front_referrers"])
+async def test_acr_exchange_once_then_warm_tokens(name: str, seeded: Seeded, own: Own) -> None:
+    where = make_target(name, seeded)
     front = where.front
     assert front is not None and where.aad is not None
-    own("acr_front")
+    own(name)
     front.reset_stats()
     async with opened(where.source()) as source:
         first = await source.verdict(parse_image(where.image(f"{NS}/streamable:v1")))
@@ -267,6 +280,66 @@ async def test_late_artifact_flips_after_the_short_ttl(name: str, seeded: Seeded
         flipped = await source.verdict(ref)
     assert flipped.verdict is Verdict.STREAMABLE
     assert flipped.annotations["streaming.version"] == "v1"
+
+
+def seeder_module() -> ModuleType:
+    """hack/seed_registry.py as a module: pushes many referrers in-process, fast."""
+    name = "streamgate_seed_registry"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "hack" / "seed_registry.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def filtered_pages(registry: Registry, repo: str, digest: str) -> int:
+    """How many pages the registry's own (filtered) referrers list has."""
+    pages, url = 0, f"/v2/{repo}/referrers/{digest}?artifactType={STREAMING}"
+    with registry.client() as client:
+        while url:
+            response = client.get(url)
+            pages += 1
+            link = response.headers.get("link", "")
+            url = link.split(";")[0].strip().strip("<>") if "next" in link else ""
+    return pages
+
+
+async def test_referrer_pages_on_a_paging_registry(seeded: Seeded, olareg_paged: Registry) -> None:
+    """Streaming artifacts for other platforms fill several 4 KiB pages: every page is read
+    (up to the bound), then the amd64 artifact is found once it is there."""
+    seed = seeder_module()
+    registry = seed.Registry(olareg_paged.host, plain_http=True)
+    seeder = seed.Seeder(registry, out=io.StringIO())
+    repo = f"{NS}/paged"
+    image = seed.make_image(repo, "amd64")
+    seeder.push_manifest_tree(repo, image, "v1")
+    seeder.remove_referrers(repo, image.digest)
+    others = [seed.make_streaming_referrer(image, f"arm{n}") for n in range(24)]
+    seeder.attach(repo, image, others)
+    registry.close()
+    pages = filtered_pages(olareg_paged, repo, image.digest)
+    assert pages > 2
+
+    where = make_target("olareg_paged", seeded)
+    for max_pages, asked in ((10, pages), (2, 2)):
+        since = olareg_paged.offset()
+        async with opened(where.source(max_referrer_pages=max_pages)) as source:
+            verdict = await source.verdict(parse_image(where.image(f"{repo}:v1")))
+        assert verdict.verdict is Verdict.NOT_STREAMABLE
+        assert verdict.reason.startswith("streaming artifact only for linux/arm0, linux/arm1")
+        assert olareg_paged.count(since, "GET", f"^/v2/{repo}/referrers/") == asked
+
+    registry = seed.Registry(olareg_paged.host, plain_http=True)
+    seed.Seeder(registry, out=io.StringIO()).attach(
+        repo, image, [seed.make_streaming_referrer(image, "amd64")]
+    )
+    registry.close()
+    async with opened(where.source()) as source:
+        verdict = await source.verdict(parse_image(where.image(f"{repo}:v1")))
+    assert verdict.verdict is Verdict.STREAMABLE
+    assert verdict.annotations["streaming.platform.arch"] == "amd64"
 
 
 # --------------------------------------------------------------------------- measurements
