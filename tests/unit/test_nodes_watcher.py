@@ -7,12 +7,14 @@ tests/e2e/test_nodes_inventory.py.
 from __future__ import annotations
 
 import copy
+import json
 import math
+import threading
 from typing import Any
 
 from kubernetes import client
 
-from app.nodes.reflector import iter_lines
+from app.nodes.reflector import Reflector, ReflectorSettings, iter_lines
 from app.nodes.watcher import InventoryStore, NodeWatcher
 from app.pools import UNKNOWN_PLACEMENT, Streaming
 
@@ -108,3 +110,72 @@ class _Chunks:
 def test_watch_lines_are_split_across_chunks() -> None:
     response = _Chunks(b'{"a":', b'1}\n{"b":2}\n\n{"c"', b":3}")
     assert list(iter_lines(response)) == [b'{"a":1}', b'{"b":2}', b'{"c":3}']
+
+
+class _Response:
+    """What a kubernetes list_* call returns with _preload_content=False."""
+
+    def __init__(self, body: Any = None, lines: list[Any] | None = None) -> None:
+        self.data = json.dumps(body).encode() if body is not None else b""
+        self.lines = lines or []
+
+    def stream(self, amt: int | None = None, decode_content: bool = False) -> Any:
+        return iter([json.dumps(line).encode() + b"\n" for line in self.lines])
+
+    def release_conn(self) -> None:
+        pass
+
+
+class _Api:
+    """A scripted list/watch endpoint: each call takes the next response."""
+
+    def __init__(self, stop: threading.Event, *responses: _Response) -> None:
+        self.stop = stop
+        self.responses = list(responses)
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, **kwargs: Any) -> _Response:
+        self.calls.append(kwargs)
+        if not self.responses:
+            self.stop.set()
+            raise ConnectionError("script finished")
+        return self.responses.pop(0)
+
+
+def _list(rv: str, *names: str) -> _Response:
+    return _Response(
+        {"metadata": {"resourceVersion": rv}, "items": [api_node(n, "p") for n in names]}
+    )
+
+
+def test_reflector_relists_on_410_and_resumes_watches() -> None:
+    stop = threading.Event()
+    store = InventoryStore()
+    gone = {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired"}}
+    added = {
+        "type": "ADDED",
+        "object": api_node("n3", "p")
+        | {"metadata": {**api_node("n3", "p")["metadata"], "resourceVersion": "12"}},
+    }
+    bookmark = {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "15"}}}
+    api = _Api(
+        stop,
+        _list("10", "n1"),
+        _Response(lines=[gone]),
+        _list("11", "n1", "n2"),
+        _Response(lines=[added, bookmark]),
+    )
+    reflector = Reflector(
+        "nodes", api, on_replace=store.replace_nodes, on_event=store.node_event, stop=stop,
+        settings=ReflectorSettings(backoff_initial=0.01),
+    )  # fmt: skip
+    reflector.run()  # returns once the script is exhausted (it sets stop)
+    assert [("watch" in c, c.get("resource_version")) for c in api.calls] == [
+        (False, None),
+        (True, "10"),
+        (False, None),  # 410: list again
+        (True, "11"),
+        (True, "15"),  # the watch ended: resume from the bookmark
+    ]
+    assert [n.name for n in store.index.inventory.nodes] == ["n1", "n2", "n3"]
+    assert reflector.synced
