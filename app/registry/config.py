@@ -10,6 +10,7 @@ and a registry with no key gets the defaults (HTTPS, anonymous, or AAD for ACR h
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -69,16 +70,19 @@ class RegistrySettings(_Model):
             raise ValueError(f"auth: {self.auth} takes no user name or password")
         return self
 
-    def auth_mode(self, registry: str) -> AuthMode:
+    def auth_mode(
+        self, registry: str, *, acr_hosts: Callable[[str], bool] = is_acr_host
+    ) -> AuthMode:
         """The mode `auto` stands for at `registry`."""
         if self.auth != "auto":
             return self.auth
         if self.username or self.username_env or self.username_file:
             return "basic"
-        return "acr-aad" if self.is_acr(registry) else "anonymous"
+        return "acr-aad" if self.is_acr(registry, acr_hosts=acr_hosts) else "anonymous"
 
-    def is_acr(self, registry: str) -> bool:
-        return self.acr if self.acr is not None else is_acr_host(registry)
+    def is_acr(self, registry: str, *, acr_hosts: Callable[[str], bool] = is_acr_host) -> bool:
+        """`acr` when set, else what `acr_hosts` says (by default: an ACR host name)."""
+        return self.acr if self.acr is not None else acr_hosts(registry)
 
 
 class CacheSettings(_Model):

@@ -21,7 +21,7 @@ import httpx
 
 from app.registry.auth import Authenticator
 from app.registry.circuit import CircuitBreaker
-from app.registry.config import RegistryConfig, RegistrySettings
+from app.registry.config import RegistryConfig, RegistrySettings, is_acr_host
 from app.registry.credentials import (
     AadTokenProvider,
     AcrAad,
@@ -99,9 +99,11 @@ class ClientPool:
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
         observer: RegistryObserver = NULL_OBSERVER,
+        acr_hosts: Callable[[str], bool] = is_acr_host,
     ) -> None:
         environment = os.environ if env is None else env  # read once, never per request
         self._config = config
+        self._acr_hosts = acr_hosts
         self._transport = transport
         self._clock = clock
         self._observer = observer
@@ -122,7 +124,7 @@ class ClientPool:
         return self._profiles[key] if key is not None else self._default
 
     def is_acr(self, registry: str) -> bool:
-        return self._profile_for(registry).settings.is_acr(registry)
+        return self._profile_for(registry).settings.is_acr(registry, acr_hosts=self._acr_hosts)
 
     def transport(self, registry: str) -> RegistryTransport:
         registry = registry.lower()
@@ -139,7 +141,7 @@ class ClientPool:
         return client
 
     def _credentials(self, registry: str, profile: _Profile) -> Credentials:
-        mode = profile.settings.auth_mode(registry)
+        mode = profile.settings.auth_mode(registry, acr_hosts=self._acr_hosts)
         if mode == "basic" and profile.basic is not None:
             return profile.basic
         if mode == "acr-aad":
@@ -173,7 +175,7 @@ class ClientPool:
             registry,
             scheme,
             type(credentials).__name__,
-            settings.is_acr(registry),
+            self.is_acr(registry),
         )
         auth = Authenticator(
             registry=registry,

@@ -21,7 +21,7 @@ import httpx
 
 from app.images import ImageRef
 from app.registry.cache import CacheStats
-from app.registry.config import RegistryConfig
+from app.registry.config import RegistryConfig, is_acr_host
 from app.registry.credentials import AadTokenProvider
 from app.registry.errors import RegistryError, RegistryTimeout
 from app.registry.lookup import Lookup, LookupResult
@@ -43,6 +43,8 @@ class RegistryVerdictSource:
     lazily and closed by `aclose`). `env`: environment for secrets named in the config (default
     `os.environ`, read once here). `transport`: an httpx transport for every registry client
     (tests pass `httpx.MockTransport`). `observer`: metrics hook. `clock`: monotonic seconds.
+    `acr_hosts`: which registries are ACR (AAD auth by default, conversion status asked) when
+    their settings don't say; default `*.azurecr.io|cn|us`, the server passes the policy's.
     """
 
     def __init__(
@@ -54,11 +56,18 @@ class RegistryVerdictSource:
         transport: httpx.AsyncBaseTransport | None = None,
         observer: RegistryObserver = NULL_OBSERVER,
         clock: Callable[[], float] = time.monotonic,
+        acr_hosts: Callable[[str], bool] = is_acr_host,
     ) -> None:
         self.config = config or RegistryConfig()
         self._observer = observer
         self._pool = ClientPool(
-            self.config, aad=aad, env=env, transport=transport, clock=clock, observer=observer
+            self.config,
+            aad=aad,
+            env=env,
+            transport=transport,
+            clock=clock,
+            observer=observer,
+            acr_hosts=acr_hosts,
         )
         self._lookup = Lookup(pool=self._pool, config=self.config, clock=clock, observer=observer)
         self._flights: SingleFlight[_Key, LookupResult] = SingleFlight()

@@ -10,10 +10,12 @@ import httpx
 import pytest
 
 from app.images import parse_image
+from app.registry.config import RegistryConfig
 from app.registry.conversion import ConversionState
 from app.registry.metrics import RegistryObserver
+from app.registry.source import RegistryVerdictSource
 from app.verdicts import Verdict
-from tests.unit.test_registry_fakes import FakeClock, FakeRegistry, make_source
+from tests.unit.test_registry_fakes import FakeClock, FakeRegistry, FixedAad, make_source
 
 
 async def test_streamable_image_has_artifact_digest_and_annotations() -> None:
@@ -368,3 +370,24 @@ async def test_observer_hears_requests_cache_and_lookups() -> None:
 
 def test_conversion_states_are_distinct() -> None:
     assert len(set(ConversionState)) == 7
+
+
+async def test_acr_hosts_hook_marks_custom_domains_as_acr() -> None:
+    reg = FakeRegistry("registry.contoso.com", auth="acr")
+    reg.image("shop/web")
+    cfg_source = make_source(reg)  # not ACR by name: anonymous, no conversion status
+    plain = await cfg_source.verdict(parse_image("registry.contoso.com/shop/web:v1"))
+    await cfg_source.aclose()
+    assert plain.verdict is Verdict.UNKNOWN  # anonymous can't use the ACR token service
+    source = RegistryVerdictSource(
+        RegistryConfig(),
+        aad=FixedAad(),
+        env={},
+        transport=reg.transport(),
+        acr_hosts=lambda host: host == "registry.contoso.com",
+    )
+    verdict = await source.verdict(parse_image("registry.contoso.com/shop/web:v1"))
+    await source.aclose()
+    assert verdict.verdict is Verdict.NOT_STREAMABLE
+    assert "conversion never requested" in verdict.reason
+    assert reg.count("oauth2/exchange") == 1
