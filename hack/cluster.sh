@@ -234,16 +234,24 @@ print_env() {
 
 # ---- commands -----------------------------------------------------------------
 
-# lock_dir SECONDS: serialize up/down on one cluster dir (fd 8; never passed to daemons).
+# lock_dir SECONDS: serialize up/down on one cluster dir (fd 8; never passed to
+# daemons). The file is named up-down.lock because daemons started by an early
+# version of this script still hold the old ".lock".
 lock_dir() {
-  exec 8>"$DIR/.lock"
+  exec 8>"$DIR/up-down.lock"
   flock -w "$1" 8
 }
 
 cmd_up() {
   mkdir -p "$DIR" "$PIDS" "$LOGS"
-  lock_dir 300 || die "another up/down holds $DIR/.lock"   # one up/down at a time per cluster dir
-
+  # Fast path, no lock needed: everything is running and the apiserver is ready.
+  if all_running && curl_api /readyz >/dev/null 2>&1; then
+    say "already up"
+    print_env
+    return 0
+  fi
+  lock_dir 300 || die "another up/down still holds $DIR/up-down.lock after 300s"
+  # Someone else may have brought it up while we waited for the lock.
   if all_running && curl_api /readyz >/dev/null 2>&1; then
     say "already up"
     print_env
@@ -259,9 +267,15 @@ cmd_up() {
   BIN="$("$HERE/k8s-binaries.sh" --print-dir)" || die "could not get the Kubernetes binaries"
   command -v kubectl >/dev/null || die "kubectl not found on PATH"
 
-  local c p
+  # Ports inside the kernel's ephemeral range can be taken at any moment by an
+  # outgoing connection's local port, so a listener may fail to bind.
+  local c p lo=32768 hi=60999
+  read -r lo hi </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
   for c in "${COMPONENTS[@]}"; do
     for p in ${PORTS[$c]}; do
+      if ((p >= lo && p <= hi)); then
+        say "warning: port $p ($c) is inside the ephemeral port range $lo-$hi; start-up may fail at random. Prefer ports below $lo."
+      fi
       if port_in_use "$p"; then
         die "port $p (for $c) is already in use: $(ss -ltnpH "sport = :$p" | head -1). Stop it, or set the STREAMGATE_*_PORT variables."
       fi
@@ -333,7 +347,8 @@ cmd_up() {
   KWOK_WORKDIR="$DIR/kwok" start kwok "$BIN/kwok" \
     --config="$HERE/cluster/kwok.yaml" \
     --kubeconfig="$KUBECONFIG_FILE" \
-    --server-address="$HOST:$KWOK_PORT"
+    --server-address="$HOST:$KWOK_PORT" \
+    --v="${STREAMGATE_KWOK_LOG_LEVEL:-WARN}"   # INFO logs every lease renewal of every node
 
   wait_for kube-controller-manager "kube-controller-manager /healthz" 60 curl_insecure "https://$HOST:$KCM_PORT/healthz"
   wait_for kube-scheduler "kube-scheduler /healthz" 60 curl_insecure "https://$HOST:$SCHEDULER_PORT/healthz"
@@ -352,7 +367,7 @@ cmd_up() {
 
 # do_down: stop everything; never fails.
 do_down() {
-  local c pid p stopped=0 bins
+  local c pid p i stopped=0 bins
   for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
     c="${COMPONENTS[$i]}"
     pid="$(pid_of "$c")"
@@ -366,7 +381,8 @@ do_down() {
   # Pid files lost (e.g. cluster dir wiped while running)? Free our ports from
   # processes that run one of our binaries -- never anything else.
   bins="$(our_binaries)"
-  for c in "${COMPONENTS[@]}"; do
+  for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
+    c="${COMPONENTS[$i]}"
     for p in ${PORTS[$c]}; do
       for pid in $(listeners "$p"); do
         if grep -qxF "$(readlink -f "/proc/$pid/exe" 2>/dev/null)" <<<"$bins"; then
@@ -385,12 +401,12 @@ do_down() {
 
 cmd_down() {
   mkdir -p "$DIR" "$PIDS"
-  lock_dir 30 || say "warning: $DIR/.lock is busy; stopping anyway"
+  lock_dir 30 || say "warning: $DIR/up-down.lock is busy; stopping anyway"
   do_down
 }
 
 cmd_status() {
-  local c pid up=0
+  local c pid p up=0
   for c in "${COMPONENTS[@]}"; do
     pid="$(pid_of "$c")"
     if [[ -n "$pid" ]]; then
@@ -405,7 +421,17 @@ cmd_status() {
     echo "export KUBECONFIG=$KUBECONFIG_FILE"
   fi
   [[ $up == "${#COMPONENTS[@]}" ]] && return 0
-  [[ $up == 0 ]] && { echo "cluster is down"; return 3; }
+  if [[ $up == 0 ]]; then
+    echo "cluster is down"
+    for c in "${COMPONENTS[@]}"; do
+      for p in ${PORTS[$c]}; do
+        for pid in $(listeners "$p"); do
+          echo "warning: port $p ($c) is in use by pid $pid: $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | cut -c1-120)"
+        done
+      done
+    done
+    return 3
+  fi
   echo "cluster is partly up (run: $0 down)"; return 1
 }
 

@@ -248,7 +248,8 @@ ensure() {  # ensure BUILDER NAME...
     have "$n" || adopt "$n" || missing=1
   done
   if [[ $missing == 1 ]]; then
-    # Don't clobber adopted symlinks of sibling binaries that are fine.
+    # One builder makes all NAMEs (the three Kubernetes commands share one build);
+    # its results replace whatever was in the cache, adopted symlinks included.
     "$builder"
     for n in "$@"; do have "$n" || die "$n in $BIN does not report the expected version after the build"; done
   fi
