@@ -68,12 +68,16 @@ class TtlCache(Generic[K, V]):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: K) -> V | None:
-        """The fresh value for `key`, or None; counts nothing."""
+    def get(self, key: K, *, allow_stale: bool = False) -> V | None:
+        """The fresh value for `key` (or, with `allow_stale`, one expired no longer than
+        `stale_seconds` ago), else None; counts nothing."""
         entry = self._entries.get(key)
-        if entry is None or entry.expires_at <= self._clock():
+        if entry is None:
             return None
-        return entry.value
+        late = self._clock() - entry.expires_at
+        if late < 0 or (allow_stale and late <= self._stale):
+            return entry.value
+        return None
 
     def put(self, key: K, value: V, ttl: float) -> None:
         if ttl <= 0:

@@ -117,6 +117,32 @@ class Lookup:
             conversion = await self._conversion(transport, repo, digest)
         return LookupResult(digest, manifest, None, searches, conversion)
 
+    def cached(self, ref: ImageRef) -> LookupResult | None:
+        """The answer the caches alone give, stale entries included, without asking anyone;
+        None when a piece is missing. Used when a look-up ran out of time."""
+        registry, repo = ref.registry.lower(), ref.repository
+        digest = ref.digest or self.tags.get(
+            (registry, repo, ref.tag or "latest"), allow_stale=True
+        )
+        if digest is None:
+            return None
+        manifest = self.manifests.get((registry, repo, digest), allow_stale=True)
+        subjects = [digest]
+        if manifest is not None and manifest.platform_digest is not None:
+            subjects.append(manifest.platform_digest)
+        found = [self.artifacts.get((registry, repo, d), allow_stale=True) for d in subjects]
+        searches = tuple(s for s in found if s is not None)
+        artifacts = [s.artifact for s in reversed(searches) if s.artifact is not None]
+        if artifacts:
+            return LookupResult(digest, manifest, artifacts[0], searches)
+        if manifest is None or len(searches) < len(subjects):
+            return None
+        conversion = None
+        if self._pool.is_acr(registry):
+            key = (registry, repo, digest)
+            conversion = self.conversions.get(key, allow_stale=True) or STATUS_UNKNOWN
+        return LookupResult(digest, manifest, None, searches, conversion)
+
     async def _tag_digest(self, transport: RegistryTransport, ref: ImageRef) -> str:
         assert ref.tag is not None
         repo = ref.repository

@@ -6,8 +6,9 @@
 
 Each look-up has `deadline_seconds` (2 s by default, under the webhook's timeout, see
 `RegistryConfig`). Concurrent look-ups of one image share one run; the run is its own task,
-so a caller whose deadline passes gets `unknown: registry timed out` while the run goes on
-(up to `background_seconds`) and leaves its answer in the caches for the next admission.
+so a caller whose deadline passes gets `unknown: registry timed out` (or, when the caches
+still hold a stale answer, that answer) while the run goes on (up to `background_seconds`)
+and leaves its answer in the caches for the next admission.
 """
 
 from __future__ import annotations
@@ -83,7 +84,12 @@ class RegistryVerdictSource:
             verdict = verdict_for(ref, result, platform=self._platform)
         except TimeoutError:
             timed_out = True
-            verdict = unknown(TIMED_OUT)
+            stale = self._lookup.cached(ref)
+            if stale is None:
+                verdict = unknown(TIMED_OUT)
+            else:  # the registry is slow, but what it said before still holds
+                logger.info("registry timed out on %s: answering from the cache", ref.raw)
+                verdict = verdict_for(ref, stale, platform=self._platform)
         except RegistryError as err:
             logger.info("registry look-up of %s: %s", ref.raw, err)
             verdict = verdict_for_error(err)

@@ -391,3 +391,29 @@ async def test_acr_hosts_hook_marks_custom_domains_as_acr() -> None:
     assert verdict.verdict is Verdict.NOT_STREAMABLE
     assert "conversion never requested" in verdict.reason
     assert reg.count("oauth2/exchange") == 1
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["found", "none-yet"])
+async def test_stale_answer_when_the_registry_hangs(streaming: bool) -> None:
+    reg = FakeRegistry()
+    digest = reg.image("demo/app")
+    if streaming:
+        reg.referrer("demo/app", digest)
+    clock = FakeClock()
+    source = make_source(reg, clock=clock, deadline_seconds=0.1)
+    ref = parse_image("reg.test/demo/app:v1")
+    first = await source.verdict(ref)
+
+    async def hang(request: httpx.Request) -> httpx.Response | None:
+        await asyncio.sleep(3600)
+        return None
+
+    reg.hook = hang
+    clock.advance(120)  # tag and "none yet" expired, within the stale window
+    again = await source.verdict(ref)
+    clock.advance(7200)  # past the stale window: nothing to answer with
+    late = await source.verdict(ref)
+    await source.aclose()
+    assert again.verdict is first.verdict
+    assert again.digest == digest
+    assert late.reason == "registry timed out"
