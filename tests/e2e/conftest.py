@@ -1,0 +1,140 @@
+"""The real local control plane (hack/cluster.sh) and kubectl, for end-to-end tests.
+
+`cluster` starts etcd, kube-apiserver, controller-manager, scheduler and KWOK with AKS-shaped
+node pools (building the binaries on first use) and yields the kubeconfig path. A cluster
+that was already up (a developer's) is left running; one this session started is stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+CLUSTER = ROOT / "hack" / "cluster.sh"
+
+
+def _cluster_up_already() -> bool:
+    out = subprocess.run([str(CLUSTER), "status"], capture_output=True, text=True, check=False)
+    return out.returncode == 0 and "ready" in out.stdout and "not running" not in out.stdout
+
+
+def kubeconfig_path() -> Path:
+    out = subprocess.run([str(CLUSTER), "env"], capture_output=True, text=True, check=True)
+    return Path(out.stdout.strip().split("=", 1)[1])
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Path]:
+    was_up = _cluster_up_already()
+    subprocess.run([str(CLUSTER), "up"], check=True, stdout=subprocess.DEVNULL)
+    try:
+        yield kubeconfig_path()
+    finally:
+        if not was_up and not os.environ.get("STREAMGATE_KEEP_CLUSTER"):
+            subprocess.run([str(CLUSTER), "down"], check=False, stdout=subprocess.DEVNULL)
+
+
+class Kubectl:
+    """kubectl against the local cluster; returns CompletedProcess with text output."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        self.kubeconfig = kubeconfig
+
+    def __call__(
+        self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            ["kubectl", "--kubeconfig", str(self.kubeconfig), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stderr}")
+        return result
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self(*args, "-o", "json").stdout)
+
+
+@pytest.fixture(scope="session")
+def kubectl(cluster: Path) -> Kubectl:
+    return Kubectl(cluster)
+
+
+WEBHOOK = ROOT / "hack" / "webhook.sh"
+REGISTRY = "127.0.0.1:25000"
+MODES = ("enforce", "warn", "audit", "off")
+
+
+@pytest.fixture(scope="session")
+def seeded_registry() -> str:
+    """olareg on 127.0.0.1:25000, seeded with the demo images; returns host:port."""
+    from tests.support.registries import ensure_registries, run_seeder
+
+    env = ensure_registries()
+    run_seeder(env.olareg.seeder_args())
+    return REGISTRY
+
+
+class LocalWebhook:
+    """The running webhook: its decision log, and one fresh namespace per mode."""
+
+    def __init__(self, log: Path, suffix: str) -> None:
+        self.log = log
+        self.suffix = suffix
+
+    def ns(self, mode: str) -> str:
+        return f"sg-{mode}-{self.suffix}"
+
+    def log_text(self) -> str:
+        return self.log.read_text()
+
+
+@pytest.fixture(scope="session")
+def webhook(cluster: Path, seeded_registry: str, kubectl: Kubectl) -> Iterator[LocalWebhook]:
+    """streamgate running locally, wired into the cluster by the chart's webhook objects
+    (hack/webhook.sh), with one new namespace per mode labelled streamgate.io/mode=<mode>."""
+    suffix = uuid.uuid4().hex[:5]
+    for mode in MODES:
+        kubectl("create", "namespace", f"sg-{mode}-{suffix}")
+        kubectl("label", "namespace", f"sg-{mode}-{suffix}", f"streamgate.io/mode={mode}")
+    # Always a fresh process: one left running from earlier could run older code.
+    subprocess.run([str(WEBHOOK), "down"], check=False)
+    subprocess.run([str(WEBHOOK), "up"], check=True)
+    cache = Path(os.environ.get("STREAMGATE_CACHE", Path.home() / ".cache" / "streamgate"))
+    log = Path(os.environ.get("STREAMGATE_WEBHOOK_DIR", cache / "webhook")) / "streamgate.log"
+    hook = LocalWebhook(log, suffix)
+    _wait_until_admitting(kubectl, hook.ns("warn"))
+    try:
+        yield hook
+    finally:
+        subprocess.run([str(WEBHOOK), "down"], check=False)
+        for mode in MODES:
+            kubectl("delete", "namespace", hook.ns(mode), "--wait=false", check=False)
+
+
+def _wait_until_admitting(kubectl: Kubectl, namespace: str, timeout: float = 30) -> None:
+    """Webhook configurations take effect within a second or so: probe with a dry run."""
+    probe = (
+        f"apiVersion: v1\nkind: Pod\nmetadata: {{name: probe, namespace: {namespace}}}\n"
+        f"spec: {{containers: [{{name: c, image: {REGISTRY}/demo/plain:v1}}]}}\n"
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = kubectl("apply", "--dry-run=server", "-f", "-", stdin=probe, check=False)
+        if "Warning:" in out.stderr:
+            return
+        time.sleep(0.5)
+    raise AssertionError("the webhook did not start answering the apiserver")
