@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from app import __version__
+from app.certs import ManagedCertSettings
 from app.check import ManifestError, Result, check, read_manifests, to_json, to_table
 from app.nodes.placement import PlacementIndex
 from app.nodes.watcher import NodeWatcher
@@ -44,6 +45,7 @@ def _serve(args: argparse.Namespace) -> int:
         policy_path=args.policy,
         log_level=args.log_level,
         kube=args.kubeconfig,
+        managed_certs=_managed_certs(args),
     )
     policy = load_policy(settings.policy_path)
     watches = Watches(settings.kube, policy) if settings.kube else None
@@ -70,6 +72,21 @@ def _serve(args: argparse.Namespace) -> int:
         if watches:
             watches.stop()
     return EXIT_OK
+
+
+def _managed_certs(args: argparse.Namespace) -> ManagedCertSettings | None:
+    if not args.manage_certs:
+        return None
+    if not args.cert_namespace:
+        raise SystemExit("streamgate serve: --manage-certs needs --cert-namespace")
+    return ManagedCertSettings(
+        namespace=args.cert_namespace,
+        secret_name=args.cert_secret,
+        service_name=args.cert_service,
+        webhook_names=tuple(args.webhook_config or [args.cert_service]),
+        out_dir=args.cert_dir,
+        check_interval=args.cert_check_interval,
+    )
 
 
 def _ready() -> tuple[bool, str]:
@@ -146,6 +163,22 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--policy", type=Path, help="policy YAML (default: built-in defaults)")
     s.add_argument("--log-level", default="info")
+    m = s.add_argument_group("self-managed certificates (in a cluster)")
+    m.add_argument(
+        "--manage-certs",
+        action="store_true",
+        help="keep a CA and serving pair in a Secret, publish the caBundle, renew",
+    )
+    m.add_argument("--cert-dir", type=Path, default=Path("/tmp/certs"))
+    m.add_argument("--cert-namespace", help="namespace of the Secret and the Service")
+    m.add_argument("--cert-secret", default="streamgate-tls")
+    m.add_argument("--cert-service", default="streamgate")
+    m.add_argument(
+        "--webhook-config",
+        action="append",
+        help="webhook configuration whose caBundle to set (repeatable; default: the service)",
+    )
+    m.add_argument("--cert-check-interval", type=float, default=3600.0)
     s.add_argument(
         "--kubeconfig",
         metavar="PATH|in-cluster",

@@ -13,6 +13,7 @@ from pathlib import Path
 import uvicorn
 
 from app.admission import Admission, NamespaceModes, NoNamespaceLabels
+from app.certs import CertificateKeeper, ManagedCertSettings, manage_certificates
 from app.namespaces import NamespaceLabels
 from app.nodes.watcher import NodeWatcher, api_client_from_config
 from app.policy import Policy, load_policy
@@ -41,6 +42,8 @@ class ServeSettings:
     # Where the node and namespace watches read from: a kubeconfig path, "in-cluster", or
     # None for no cluster (pools unknown, namespace modes from the policy only).
     kube: str | None = None
+    # --manage-certs: the pair comes from (and is kept fresh in) a Secret via the API.
+    managed_certs: ManagedCertSettings | None = None
 
 
 class _PolicyHolder:
@@ -102,12 +105,19 @@ def build_admission(
     )
 
 
-def _tls_files(settings: ServeSettings) -> tuple[Path, Path, Path | None]:
+def _tls_files(
+    settings: ServeSettings,
+) -> tuple[Path, Path, Path | None, CertificateKeeper | None]:
+    if settings.managed_certs:
+        kube = settings.kube or IN_CLUSTER
+        api = api_client_from_config(None if kube == IN_CLUSTER else kube)
+        files, keeper = manage_certificates(api, settings.managed_certs)
+        return files.cert, files.key, files.ca, keeper
     if settings.cert and settings.key:
-        return settings.cert, settings.key, None
+        return settings.cert, settings.key, None, None
     if settings.self_signed_dir:
         files = issue_self_signed(settings.self_signed_dir, settings.self_signed_hosts)
-        return files.cert, files.key, files.ca
+        return files.cert, files.key, files.ca, None
     raise SystemExit("streamgate serve: give --cert and --key, or --self-signed DIR")
 
 
@@ -119,6 +129,7 @@ class Running:
     reloader: CertReloader
     url: str
     ca: Path | None
+    keeper: CertificateKeeper | None = None
 
 
 def build_server(
@@ -127,7 +138,7 @@ def build_server(
     *,
     ready: Callable[[], tuple[bool, str]] = _always_ready,
 ) -> Running:
-    cert, key, ca = _tls_files(settings)
+    cert, key, ca, keeper = _tls_files(settings)
     config = uvicorn.Config(
         create_app(admission, ready=ready),
         host=settings.host,
@@ -142,7 +153,7 @@ def build_server(
     config.ssl = context
     reloader = CertReloader(context, cert, key, interval=settings.cert_reload_interval)
     url = f"https://{settings.host}:{settings.port}"
-    return Running(uvicorn.Server(config), reloader, url, ca)
+    return Running(uvicorn.Server(config), reloader, url, ca, keeper)
 
 
 async def serve(
@@ -153,10 +164,13 @@ async def serve(
 ) -> None:
     running = build_server(settings, admission, ready=ready)
     logger.info("streamgate listening on %s (validate, mutate, healthz, readyz)", running.url)
-    reload_task = asyncio.create_task(running.reloader.run())
+    tasks = [asyncio.create_task(running.reloader.run())]
+    if running.keeper:
+        tasks.append(asyncio.create_task(running.keeper.run()))
     try:
         await running.server.serve()
     finally:
-        reload_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reload_task
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -420,15 +420,10 @@ def test_container_args_are_flags_streamgate_serve_knows(values):
     assert args.port == 8443
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=SystemExit,
-    reason="--manage-certs and the --cert-* flags are not wired into app/cli.py yet "
-    "(app/certs.py manage_certificates); remove this marker when they are",
-)
 def test_self_managed_args_are_flags_streamgate_serve_knows(default):
     args = _parse_serve_args(default)
     assert args.manage_certs is True
+    assert args.cert_namespace and args.cert_secret and args.webhook_config
 
 
 # ---- RBAC -------------------------------------------------------------------------------
