@@ -11,7 +11,8 @@ The registry says how it wants to be spoken to in `WWW-Authenticate` on a 401:
 Once a registry has asked for bearer tokens, later requests get one up front (no 401 round
 trip). Tokens are cached until shortly before they expire: AAD tokens per scope, refresh
 tokens per (realm, service), access tokens per (realm, service, repository scope); concurrent
-requests share one fetch. `forget()` drops the access and refresh tokens after a 401.
+requests share one fetch. A 401 to a request that carried a token drops that access token and
+the refresh token behind it.
 
 Credentials only go to the registry itself or to realm hosts listed for it; the AAD token only
 to the registry host itself (any ACR would accept it). A realm on plain HTTP is refused unless
@@ -106,18 +107,28 @@ class Authenticator:
         token = await self._access_token(self._bearer, scope, asked=scope)
         return f"Bearer {token.value}"
 
-    def forget(self, scope: str) -> None:
-        """Drop the tokens a 401 showed to be bad (the AAD token is checked by the exchange)."""
-        if self._bearer is not None:
-            self._access.drop((self._bearer.realm, self._bearer.service, scope))
-            self._refresh.drop((self._bearer.origin, self._bearer.service))
+    def forget(self, scope: str, rejected: str | None) -> None:
+        """After a 401 to a request sent with Authorization `rejected`: drop that access token
+        and the refresh token behind it (the AAD token is checked by the exchange). Nothing is
+        dropped for a request that carried no token, or when a newer token replaced it."""
+        if self._bearer is None or rejected is None or not rejected.startswith("Bearer "):
+            return
+        key = (self._bearer.realm, self._bearer.service, scope)
+        current = self._access.peek(key)
+        if current is not None and current.value != rejected.removeprefix("Bearer "):
+            return
+        self._access.drop(key)
+        self._refresh.drop((self._bearer.origin, self._bearer.service))
 
-    async def answer(self, www_authenticate: str | None, scope: str) -> str:
-        """The Authorization value to retry a request with, after a 401."""
+    async def answer(
+        self, www_authenticate: str | None, scope: str, *, rejected: str | None = None
+    ) -> str:
+        """The Authorization value to retry a request with, after a 401 to a request that
+        carried Authorization `rejected` (None: it carried none)."""
         challenges = parse_challenges(www_authenticate)
         bearer = next((c for c in challenges if c.scheme == "bearer" and c.realm), None)
         if bearer is not None:
-            self.forget(scope)
+            self.forget(scope, rejected)
             self._bearer = self._check_realm(bearer)
             token = await self._access_token(self._bearer, scope, asked=bearer.scope or scope)
             return f"Bearer {token.value}"

@@ -123,12 +123,14 @@ class RegistryTransport:
             method, url, authorization=header, endpoint=endpoint, accept=accept, params=params
         )
         if response.status == 401:
-            header = await self.auth.answer(response.headers.get("www-authenticate"), scope)
+            header = await self.auth.answer(
+                response.headers.get("www-authenticate"), scope, rejected=header
+            )
             response = await self._follow(
                 method, url, authorization=header, endpoint=endpoint, accept=accept, params=params
             )
             if response.status == 401:
-                self.auth.forget(scope)
+                self.auth.forget(scope, header)
                 raise RegistryAuthError(
                     self.registry,
                     f"{endpoint}: 401 after authenticating",

@@ -349,3 +349,23 @@ async def test_tokens_never_reach_logs_or_reasons(caplog: pytest.LogCaptureFixtu
     assert "myacr.azurecr.io" in caplog.text  # the logs did say something
     text = caplog.text + verdict.reason + failed.reason
     assert not [s for s in secrets if s in text]
+
+
+async def test_concurrent_first_contact_shares_one_exchange() -> None:
+    """Many requests meet the first 401 together: none of them had a token, so none of the
+    answers throws away the refresh token another one just fetched."""
+    reg = FakeRegistry("myacr.azurecr.io", auth="acr")
+    repos = [f"demo/app{n}" for n in range(10)]
+    for repo in repos:
+        reg.image(repo)
+
+    async def staggered(request: httpx.Request) -> None:
+        # the first 401s come back at once, later ones after the exchange is done
+        if request.url.path.startswith("/v2/") and "authorization" not in request.headers:
+            await asyncio.sleep(0.005 * int(request.url.path.split("/")[3].removeprefix("app")))
+
+    reg.hook = staggered
+    transport = transport_for(reg, AcrAad(provider=FixedAad()))
+    assert await asyncio.gather(*(get_manifest(transport, r) for r in repos)) == [200] * 10
+    assert reg.count("oauth2/exchange") == 1
+    await transport.aclose()
