@@ -145,7 +145,7 @@ def _string_map(value: object) -> dict[str, str]:
 def toleration_from_api(obj: object) -> Toleration | None:
     """A toleration dict -> Toleration; None when it is not a dict or a field has the wrong
     type (such a toleration tolerates nothing)."""
-    if not isinstance(obj, Mapping):
+    if type(obj) is not dict and not isinstance(obj, Mapping):
         return None
     values = [obj.get(name) for name in ("key", "operator", "value", "effect")]
     if any(v is not None and not isinstance(v, str) for v in values):

@@ -30,9 +30,8 @@ from app.nodes.selectors import (
     constraints_from_pod_spec,
     label_keys,
     labels_match,
+    node_admits,
     reads_names,
-    schedulable,
-    untolerated,
     with_runtime_class,
 )
 from app.pools import Placement, PoolFit, Streaming
@@ -201,10 +200,8 @@ class PlacementIndex:
         return (label.key, label.value)
 
     def _fitting_groups(self, constraints: Constraints) -> list[_Group]:
-        tolerations = constraints.tolerations
         admitted = [
-            untolerated(tolerations, taints) is None
-            and schedulable(tolerations, unschedulable=unschedulable)
+            node_admits(constraints, taints, unschedulable=unschedulable)
             for taints, unschedulable in self._profiles
         ]
         keys = label_keys(constraints)

@@ -14,6 +14,8 @@ TaintToleration and NodeUnschedulable filter plugins:
   one value; the only field a node has is `metadata.name`.
 - taints with effect NoSchedule or NoExecute must each be tolerated; PreferNoSchedule is
   ignored. `spec.unschedulable` needs a toleration of `node.kubernetes.io/unschedulable`.
+- `nodeName` bypasses the scheduler: the kubelet admits the pod when labels/affinity match
+  and its NoExecute taints are tolerated (NoSchedule taints and the cordon don't apply).
 
 Malformed input never raises. A field of the wrong type is no constraint when it is a container
 (`nodeSelector` not a mapping, `affinity` not a mapping); a requirement or selector value of
@@ -25,7 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeGuard
 
 from app.nodes.model import RuntimeClass, Taint, Toleration, toleration_from_api
 
@@ -33,6 +35,7 @@ IN, NOT_IN, EXISTS, DOES_NOT_EXIST, GT, LT = "In", "NotIn", "Exists", "DoesNotEx
 NAME_FIELD = "metadata.name"
 UNSCHEDULABLE_TAINT = Taint(key="node.kubernetes.io/unschedulable", effect="NoSchedule")
 _FILTERED_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
+_KUBELET_EFFECTS = frozenset({"NoExecute"})
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")
 _INT64 = (-(2**63), 2**63 - 1)
 
@@ -74,14 +77,19 @@ class Constraints:
 # ---- parsing ------------------------------------------------------------------------------
 
 
+def _is_map(value: object) -> TypeGuard[Mapping[str, Any]]:
+    # dict first: the ABC check of isinstance(..., Mapping) is slow on the admission path
+    return type(value) is dict or isinstance(value, Mapping)
+
+
 def _mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+    return value if _is_map(value) else {}
 
 
 def _requirement(raw: object, *, fields: bool) -> Requirement | None:
     """A NodeSelectorRequirement -> (key, operator, values); None when the scheduler would
     reject it (which makes its whole term match nothing)."""
-    if not isinstance(raw, Mapping):
+    if not _is_map(raw):
         return None
     key, operator, values = raw.get("key"), raw.get("operator"), raw.get("values")
     values = [] if values is None else values
@@ -104,7 +112,7 @@ def _requirement(raw: object, *, fields: bool) -> Requirement | None:
 
 def _term(raw: object) -> Term | None:
     """A NodeSelectorTerm -> Term; None when it matches nothing (empty, or invalid)."""
-    if not isinstance(raw, Mapping):
+    if not _is_map(raw):
         return None
     parsed: list[tuple[Requirement, ...]] = []
     for name, fields in (("matchExpressions", False), ("matchFields", True)):
@@ -123,7 +131,7 @@ def _term(raw: object) -> Term | None:
 def _required_terms(affinity: object) -> tuple[Term, ...] | None:
     node_affinity = _mapping(_mapping(affinity).get("nodeAffinity"))
     required = node_affinity.get("requiredDuringSchedulingIgnoredDuringExecution")
-    if not isinstance(required, Mapping):
+    if not _is_map(required):
         return None  # absent (or not even an object): no constraint
     raw_terms = required.get("nodeSelectorTerms")
     if not isinstance(raw_terms, list):
@@ -232,11 +240,16 @@ def tolerates(toleration: Toleration, taint: Taint) -> bool:
     return toleration.operator == "Exists"
 
 
-def untolerated(tolerations: Iterable[Toleration], taints: Iterable[Taint]) -> Taint | None:
-    """The first NoSchedule/NoExecute taint no toleration tolerates; None when all are."""
+def untolerated(
+    tolerations: Iterable[Toleration],
+    taints: Iterable[Taint],
+    effects: frozenset[str] = _FILTERED_EFFECTS,
+) -> Taint | None:
+    """The first taint with one of `effects` (by default NoSchedule and NoExecute, as the
+    scheduler filters) that no toleration tolerates; None when all are tolerated."""
     tolerations = (*tuple(tolerations), *DEFAULT_TOLERATIONS)
     for taint in taints:
-        if taint.effect in _FILTERED_EFFECTS and not any(tolerates(t, taint) for t in tolerations):
+        if taint.effect in effects and not any(tolerates(t, taint) for t in tolerations):
             return taint
     return None
 
@@ -244,6 +257,19 @@ def untolerated(tolerations: Iterable[Toleration], taints: Iterable[Taint]) -> T
 def schedulable(tolerations: tuple[Toleration, ...], *, unschedulable: bool) -> bool:
     """The NodeUnschedulable filter: a cordoned node takes only pods tolerating it."""
     return not unschedulable or any(tolerates(t, UNSCHEDULABLE_TAINT) for t in tolerations)
+
+
+def node_admits(
+    constraints: Constraints, taints: tuple[Taint, ...], *, unschedulable: bool
+) -> bool:
+    """Do the node's taints and cordon let the pod run there? A pod with `nodeName` skips the
+    scheduler: only the kubelet's admission applies, which checks NoExecute taints alone and
+    ignores the cordon."""
+    if constraints.node_name is not None:
+        return untolerated(constraints.tolerations, taints, _KUBELET_EFFECTS) is None
+    return untolerated(constraints.tolerations, taints) is None and schedulable(
+        constraints.tolerations, unschedulable=unschedulable
+    )
 
 
 def label_keys(constraints: Constraints) -> frozenset[str]:

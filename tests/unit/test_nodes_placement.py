@@ -14,8 +14,7 @@ from app.nodes.rules import PoolRulesConfig, combine, judge_node
 from app.nodes.selectors import (
     constraints_from_pod_spec,
     labels_match,
-    schedulable,
-    untolerated,
+    node_admits,
     with_runtime_class,
 )
 from app.pools import Placement, PoolFit, Streaming
@@ -123,7 +122,23 @@ def names(placement: Placement) -> list[str]:
 PLACEMENT_CASES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("no-constraints", {}, DEFAULT_POOLS),
     ("node-name", {"nodeName": "aks-arm-vmss000000"}, ["arm"]),
-    ("node-name-bypasses-nothing", {"nodeName": "aks-tainted-vmss000000"}, []),
+    # nodeName skips the scheduler: the kubelet checks NoExecute taints only, not the cordon
+    ("node-name-noschedule-taint", {"nodeName": "aks-tainted-vmss000000"}, ["tainted"]),
+    ("node-name-noexecute-taint", {"nodeName": "aks-noexec-vmss000000"}, []),
+    (
+        "node-name-noexecute-tolerated",
+        {
+            "nodeName": "aks-noexec-vmss000000",
+            "tolerations": [{"key": "maintenance", "operator": "Exists"}],
+        },
+        ["noexec"],
+    ),
+    ("node-name-cordoned", {"nodeName": "aks-cordoned-vmss000000"}, ["cordoned"]),
+    (
+        "node-name-and-selector",
+        {"nodeName": "aks-arm-vmss000000", "nodeSelector": {"agentpool": "win"}},
+        [],
+    ),
     ("node-name-unknown", {"nodeName": "nope"}, []),
     ("selector", {"nodeSelector": {"kubernetes.io/arch": "arm64"}}, ["arm"]),
     (
@@ -455,10 +470,8 @@ def reference(spec: Any, inventory: Inventory, rules: PoolRulesConfig) -> tuple[
     seen = rules.streaming_label.key in inventory.label_keys
     fitting: dict[str, list[Any]] = {}
     for node in inventory.nodes:
-        if (
-            labels_match(constraints, node.labels, node.name)
-            and untolerated(constraints.tolerations, node.taints) is None
-            and schedulable(constraints.tolerations, unschedulable=node.unschedulable)
+        if labels_match(constraints, node.labels, node.name) and node_admits(
+            constraints, node.taints, unschedulable=node.unschedulable
         ):
             pool = inventory.pool_name(node)
             fitting.setdefault(pool, []).append(judge_node(node, rules, streaming_label_seen=seen))

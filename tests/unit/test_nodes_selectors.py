@@ -12,6 +12,7 @@ from app.nodes.selectors import (
     Term,
     constraints_from_pod_spec,
     labels_match,
+    node_admits,
     requirement_matches,
     schedulable,
     tolerates,
@@ -450,3 +451,37 @@ def test_with_runtime_class(
     if not impossible:
         assert merged.node_selector == selector
         assert merged.tolerations == tolerations
+
+
+NOEXEC = Taint("maint", "", "NoExecute")
+
+
+@pytest.mark.parametrize(
+    ("spec", "taints", "unschedulable", "expected"),
+    [
+        ({}, (GPU,), False, False),
+        ({}, (), True, False),
+        ({"nodeName": "n1"}, (GPU,), False, True),
+        ({"nodeName": "n1"}, (), True, True),
+        ({"nodeName": "n1"}, (NOEXEC,), False, False),
+        (
+            {"nodeName": "n1", "tolerations": [{"key": "maint", "operator": "Exists"}]},
+            (NOEXEC,),
+            False,
+            True,
+        ),
+    ],
+    ids=[
+        "scheduler-noschedule",
+        "scheduler-cordon",
+        "kubelet-ignores-noschedule",
+        "kubelet-ignores-cordon",
+        "kubelet-checks-noexecute",
+        "kubelet-noexecute-tolerated",
+    ],
+)
+def test_node_admits(
+    spec: dict[str, Any], taints: tuple[Taint, ...], unschedulable: bool, expected: bool
+) -> None:
+    constraints = constraints_from_pod_spec(spec)
+    assert node_admits(constraints, taints, unschedulable=unschedulable) is expected
