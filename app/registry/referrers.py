@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import httpx
+
 from app.registry.errors import BadResponse
 from app.registry.headers import filters_applied, parse_link_next
 from app.registry.manifests import pull_scope
@@ -93,7 +95,10 @@ async def find_streaming(
         link = parse_link_next(response.headers.get("link"))
         if link is None:
             break
-        target, params = str(response.url.join(link)), None
+        try:
+            target, params = str(response.url.join(link)), None
+        except httpx.InvalidURL as err:
+            raise BadResponse(transport.registry, "a referrers link that is not a URL") from err
     else:
         logger.info("%s: referrers of %s exceed %d pages", transport.registry, subject, max_pages)
     await _check_configs(transport, repository, candidates)

@@ -189,3 +189,23 @@ async def test_null_manifests_is_an_empty_list() -> None:
 
     reg.hook = null
     assert (await search(reg, digest)).artifact is None
+
+
+@pytest.mark.parametrize(
+    ("link", "message"),
+    [
+        ('<https://evil.test/v2/x>; rel="next"', "a link to another host"),
+        ('<http://[::1/x>; rel="next"', "not a URL"),
+    ],
+    ids=["other-host", "broken"],
+)
+async def test_bad_next_links_are_bad_answers(link: str, message: str) -> None:
+    reg = FakeRegistry()
+    digest = reg.image("demo/app")
+
+    async def linked(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"manifests": []}, headers={"Link": link})
+
+    reg.hook = linked
+    with pytest.raises(BadResponse, match=message):
+        await search(reg, digest)
