@@ -36,6 +36,26 @@ Endpoint = Literal["validate", "mutate"]
 _JUDGED_SUBRESOURCES = ("", "ephemeralcontainers")
 
 
+class AdmissionObserver(Protocol):
+    """Counts admissions (app/metrics.py implements it)."""
+
+    def on_admission(
+        self, *, endpoint: str, kind: str, operation: str, decision: str, seconds: float
+    ) -> None: ...
+
+    def on_verdict(self, verdict: str) -> None: ...
+
+
+class NoObserver:
+    def on_admission(
+        self, *, endpoint: str, kind: str, operation: str, decision: str, seconds: float
+    ) -> None:
+        return None
+
+    def on_verdict(self, verdict: str) -> None:
+        return None
+
+
 class NamespaceModes(Protocol):
     """The mode a namespace asks for with its `streamgate.io/mode` label, or None."""
 
@@ -56,6 +76,7 @@ class Admission:
     placement: PlacementSource
     namespaces: NamespaceModes = field(default_factory=NoNamespaceLabels)
     lookup_deadline: float = DEFAULT_LOOKUP_DEADLINE
+    observer: AdmissionObserver = field(default_factory=NoObserver)
     _background: set[asyncio.Task[ImageVerdict]] = field(default_factory=set, repr=False)
 
     def mode_for(self, namespace: str, policy: Policy) -> Mode:
@@ -117,8 +138,15 @@ class Admission:
             raise ReviewError(str(err)) from err
         except Exception:
             logger.exception("uid=%s evaluation failed; answering onError", req.uid)
-            return self._on_error(req)
-        _log_decision(req, endpoint, decision, time.perf_counter() - started)
+            answer = self._on_error(req)
+            self._observe(req, endpoint, "error", started)
+            return answer
+        outcome = _outcome(decision)
+        took = self._observe(req, endpoint, outcome, started)
+        if endpoint == "validate":
+            for report in decision.reports:
+                self.observer.on_verdict(report.verdict.verdict.value)
+        _log_decision(req, endpoint, decision, outcome, took)
         if endpoint == "mutate":
             return AdmissionAnswer(allowed=True, patch=tuple(_patch(req, decision, wl)))
         if decision.allowed:
@@ -130,6 +158,17 @@ class Admission:
             ),
             warnings=tuple(decision.warnings),
         )
+
+    def _observe(self, req: AdmissionRequest, endpoint: str, outcome: str, started: float) -> float:
+        took = time.perf_counter() - started
+        self.observer.on_admission(
+            endpoint=endpoint,
+            kind=req.kind,
+            operation=req.operation,
+            decision=outcome,
+            seconds=took,
+        )
+        return took
 
     def _on_error(self, req: AdmissionRequest) -> AdmissionAnswer:
         policy = self.policy()
@@ -153,32 +192,52 @@ def _patch(
     return ops
 
 
-def _log_decision(req: AdmissionRequest, endpoint: str, decision: Decision, took: float) -> None:
-    if not logger.isEnabledFor(logging.INFO):
+def _outcome(decision: Decision) -> str:
+    if decision.skipped:
+        return "skip"
+    if not decision.allowed:
+        return "deny"
+    return "warn" if decision.warnings else "allow"
+
+
+def _log_decision(
+    req: AdmissionRequest, endpoint: str, decision: Decision, outcome: str, took: float
+) -> None:
+    """One structured line per decision (skips at debug level: they carry no news)."""
+    level = logging.DEBUG if decision.skipped else logging.INFO
+    if not logger.isEnabledFor(level):
         return
-    outcome = (
-        "skip"
-        if decision.skipped
-        else "deny"
-        if not decision.allowed
-        else "warn"
-        if decision.warnings
-        else "allow"
-    )
-    images = ",".join(f"{r.container.label}={r.verdict.verdict.value}" for r in decision.reports)
-    logger.info(
-        "uid=%s endpoint=%s op=%s kind=%s ns=%s name=%s user=%s mode=%s decision=%s "
-        "images=%s skipped=%s ms=%.2f",
-        req.uid,
+    fields = {
+        "uid": req.uid,
+        "endpoint": endpoint,
+        "operation": req.operation,
+        "kind": req.kind,
+        "namespace": req.namespace,
+        "name": req.name,
+        "user": req.user,
+        "dryRun": req.dry_run,
+        "mode": decision.mode.value,
+        "decision": outcome,
+        "skipped": decision.skipped,
+        "images": [
+            {
+                "container": r.container.label,
+                "image": r.container.image,
+                "verdict": r.verdict.verdict.value,
+                "reason": r.verdict.reason,
+            }
+            for r in decision.reports
+        ],
+        "problems": [p.rule for p in decision.problems],
+        "ms": round(took * 1000, 3),
+    }
+    logger.log(
+        level,
+        "admission %s %s %s/%s: %s",
         endpoint,
-        req.operation,
         req.kind,
         req.namespace,
         req.name,
-        req.user,
-        decision.mode.value,
         outcome,
-        images,
-        decision.skipped or "",
-        took * 1000,
+        extra={"fields": fields},
     )

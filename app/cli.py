@@ -5,19 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import logging
 import sys
 from pathlib import Path
 
 from app import __version__
 from app.certs import ManagedCertSettings
 from app.check import ManifestError, Result, check, read_manifests, to_json, to_table
+from app.logs import FORMATS
+from app.logs import configure as configure_logging
 from app.nodes.placement import PlacementIndex
 from app.nodes.watcher import NodeWatcher
 from app.policy import Mode, Policy, PolicyError, load_policy
 from app.poolreport import inventory_from_file, pool_table
 from app.registry.source import RegistryVerdictSource
-from app.serve import ServeSettings, Watches, build_admission, serve
+from app.serve import ServeSettings, build_admission, run_webhook
 from app.tls import issue_self_signed
 from app.verdicts import OfflineVerdicts, VerdictSource
 
@@ -27,7 +28,9 @@ EXIT_OK, EXIT_DENIED, EXIT_USAGE = 0, 1, 2
 def _verdict_source(policy: Policy, *, offline: bool = False) -> VerdictSource:
     """The registry client for the policy's registry settings (or none, offline). Build it
     inside the running event loop: its HTTP clients belong to that loop."""
-    return OfflineVerdicts() if offline else RegistryVerdictSource(policy.registry)
+    if offline:
+        return OfflineVerdicts()
+    return RegistryVerdictSource(policy.registry, acr_hosts=policy.is_acr)
 
 
 async def _close(source: VerdictSource) -> None:
@@ -44,33 +47,15 @@ def _serve(args: argparse.Namespace) -> int:
         self_signed_dir=args.self_signed,
         policy_path=args.policy,
         log_level=args.log_level,
+        log_format=args.log_format,
         kube=args.kubeconfig,
         managed_certs=_managed_certs(args),
+        metrics_host=args.metrics_host or args.host,
+        metrics_port=args.metrics_port,
+        policy_reload_interval=args.policy_reload_interval,
     )
-    policy = load_policy(settings.policy_path)
-    watches = Watches(settings.kube, policy) if settings.kube else None
-
-    async def run() -> None:
-        source = _verdict_source(policy)
-        admission = build_admission(
-            settings,
-            verdicts=source,
-            placement=watches.nodes if watches else None,
-            namespaces=watches.namespaces if watches else None,
-            policy=policy,
-        )
-        try:
-            await serve(settings, admission, ready=watches.ready if watches else _ready)
-        finally:
-            await _close(source)
-
-    if watches:
-        watches.start()
-    try:
-        asyncio.run(run())
-    finally:
-        if watches:
-            watches.stop()
+    load_policy(settings.policy_path)  # refuse a bad policy before anything starts
+    asyncio.run(run_webhook(settings))
     return EXIT_OK
 
 
@@ -87,10 +72,6 @@ def _managed_certs(args: argparse.Namespace) -> ManagedCertSettings | None:
         out_dir=args.cert_dir,
         check_interval=args.cert_check_interval,
     )
-
-
-def _ready() -> tuple[bool, str]:
-    return True, "ok"
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -163,6 +144,13 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--policy", type=Path, help="policy YAML (default: built-in defaults)")
     s.add_argument("--log-level", default="info")
+    s.add_argument("--log-format", choices=list(FORMATS), default="text")
+    s.add_argument(
+        "--metrics-port", type=int, default=0, help="serve /metrics on this port (0: off)"
+    )
+    s.add_argument("--metrics-host", help="default: --host")
+    s.add_argument("--policy-reload-interval", type=float, default=5.0,
+                   help="seconds between checks of the policy file for changes")
     m = s.add_argument_group("self-managed certificates (in a cluster)")
     m.add_argument(
         "--manage-certs",
@@ -232,10 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if getattr(args, "host", None) is None and args.command == "certs":
         args.host = ["127.0.0.1", "localhost"]
-    logging.basicConfig(
-        level=getattr(args, "log_level", "warning").upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging(getattr(args, "log_level", "warning"), getattr(args, "log_format", "text"))
     try:
         code: int = args.func(args)
     except (PolicyError, ManifestError) as err:

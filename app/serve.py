@@ -6,18 +6,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
-from app.admission import Admission, NamespaceModes, NoNamespaceLabels
+from app.admission import (
+    Admission,
+    AdmissionObserver,
+    NamespaceModes,
+    NoNamespaceLabels,
+    NoObserver,
+)
 from app.certs import CertificateKeeper, ManagedCertSettings, manage_certificates
+from app.metrics import Metrics, serve_metrics
 from app.namespaces import NamespaceLabels
 from app.nodes.watcher import NodeWatcher, api_client_from_config
 from app.policy import Policy, load_policy
 from app.pools import NoInventory, PlacementSource
+from app.registry.source import RegistryVerdictSource
+from app.reload import PolicyReloader
 from app.server import create_app
 from app.tls import CertReloader, issue_self_signed, server_context
 from app.verdicts import VerdictSource
@@ -44,6 +54,11 @@ class ServeSettings:
     kube: str | None = None
     # --manage-certs: the pair comes from (and is kept fresh in) a Secret via the API.
     managed_certs: ManagedCertSettings | None = None
+    log_format: str = "text"
+    # /metrics on its own port (0: off), so the admission port serves only admission.
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 0
+    policy_reload_interval: float = 5.0
 
 
 class _PolicyHolder:
@@ -92,6 +107,7 @@ def build_admission(
     placement: PlacementSource | None = None,
     namespaces: NamespaceModes | None = None,
     policy: Policy | None = None,
+    observer: AdmissionObserver | None = None,
 ) -> Admission:
     holder = _PolicyHolder(policy or load_policy(settings.policy_path))
     return Admission(
@@ -99,6 +115,7 @@ def build_admission(
         verdicts=verdicts,
         placement=placement or NoInventory(),
         namespaces=namespaces or NoNamespaceLabels(),
+        observer=observer or NoObserver(),
         # The registry source keeps its own deadline and says "registry timed out"; this
         # outer one only guards against a source that overruns it.
         lookup_deadline=holder.current.registry.deadline_seconds + LOOKUP_GRACE,
@@ -137,13 +154,15 @@ def build_server(
     admission: Admission,
     *,
     ready: Callable[[], tuple[bool, str]] = _always_ready,
+    on_bad_request: Callable[[str, int], None] | None = None,
 ) -> Running:
     cert, key, ca, keeper = _tls_files(settings)
     config = uvicorn.Config(
-        create_app(admission, ready=ready),
+        create_app(admission, ready=ready, on_bad_request=on_bad_request),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,  # keep the process's own format (app/logs.py)
         access_log=False,
         lifespan="off",
     )
@@ -161,12 +180,16 @@ async def serve(
     admission: Admission,
     *,
     ready: Callable[[], tuple[bool, str]] = _always_ready,
+    background: list[Callable[[], Coroutine[Any, Any, None]]] | None = None,
+    on_bad_request: Callable[[str, int], None] | None = None,
 ) -> None:
-    running = build_server(settings, admission, ready=ready)
+    """Serve until stopped; `background` loops run beside the server and end with it."""
+    running = build_server(settings, admission, ready=ready, on_bad_request=on_bad_request)
     logger.info("streamgate listening on %s (validate, mutate, healthz, readyz)", running.url)
-    tasks = [asyncio.create_task(running.reloader.run())]
+    loops = [running.reloader.run, *(background or [])]
     if running.keeper:
-        tasks.append(asyncio.create_task(running.keeper.run()))
+        loops.append(running.keeper.run)
+    tasks = [asyncio.create_task(loop()) for loop in loops]
     try:
         await running.server.serve()
     finally:
@@ -174,3 +197,85 @@ async def serve(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def _probe_watches(metrics: Metrics, watches: Watches) -> None:
+    def age() -> list[tuple[dict[str, str], float]]:
+        value = watches.nodes.age_seconds
+        return [({}, value)] if value != float("inf") else []
+
+    def pools() -> list[tuple[dict[str, str], float]]:
+        counts: dict[str, float] = {}
+        if watches.nodes.ready:
+            for fit in watches.nodes.index.pool_status():
+                counts[fit.streaming.value] = counts.get(fit.streaming.value, 0) + 1
+        return [({"streaming": k}, v) for k, v in counts.items()]
+
+    metrics.watch(
+        "streamgate_inventory_age_seconds",
+        "Seconds since the node inventory last heard from the API",
+        (),
+        age,
+    )
+    metrics.watch("streamgate_node_pools", "Node pools by streaming ability", ("streaming",), pools)
+
+
+async def run_webhook(settings: ServeSettings) -> None:
+    """Everything `streamgate serve` runs: policy, watches, registry client, metrics,
+    policy reload, TLS server. Returns when the server stops."""
+    policy = load_policy(settings.policy_path)
+    metrics = Metrics()
+    watches = Watches(settings.kube, policy) if settings.kube else None
+    source = RegistryVerdictSource(policy.registry, acr_hosts=policy.is_acr, observer=metrics)
+    metrics.watch(
+        "streamgate_cache_lookups",
+        "Registry cache counters by cache and event",
+        ("cache", "event"),
+        lambda: [
+            ({"cache": name, "event": event}, float(getattr(stats, event)))
+            for name, stats in source.cache_stats().items()
+            for event in ("hits", "misses", "stale", "evictions")
+        ],
+    )
+    admission = build_admission(
+        settings,
+        verdicts=source,
+        placement=watches.nodes if watches else None,
+        namespaces=watches.namespaces if watches else None,
+        policy=policy,
+        observer=metrics,
+    )
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = []
+    if settings.policy_path is not None:
+        assert isinstance(admission.policy, _PolicyHolder)
+        reloader = PolicyReloader(
+            admission.policy,
+            settings.policy_path,
+            interval=settings.policy_reload_interval,
+            on_result=metrics.on_policy_reload,
+        )
+        background.append(reloader.run)
+    metrics_server = None
+    if settings.metrics_port:
+        metrics_server = serve_metrics(
+            metrics, host=settings.metrics_host, port=settings.metrics_port
+        )
+    if watches:
+        _probe_watches(metrics, watches)
+        watches.start()
+    try:
+        await serve(
+            settings,
+            admission,
+            ready=watches.ready if watches else _always_ready,
+            background=background,
+            on_bad_request=lambda endpoint, code: metrics.on_bad_request(
+                endpoint=endpoint, code=code
+            ),
+        )
+    finally:
+        if watches:
+            watches.stop()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        await source.aclose()

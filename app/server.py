@@ -51,6 +51,7 @@ def create_app(
     *,
     ready: Callable[[], tuple[bool, str]] = lambda: (True, "ok"),
     max_body: int = MAX_BODY,
+    on_bad_request: Callable[[str, int], None] | None = None,
 ) -> FastAPI:
     app = FastAPI(title="streamgate", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -58,12 +59,16 @@ def create_app(
         try:
             body = await _read_body(request, max_body)
         except BodyTooLarge:
+            if on_bad_request:
+                on_bad_request(endpoint, 413)
             return _error(413, f"body larger than {max_body} bytes: not an AdmissionReview")
         try:
             review = parse_review(body)
             answer = await admission.answer(review, endpoint)
         except ReviewError as err:
             logger.info("bad review on /%s: %s", endpoint, err)
+            if on_bad_request:
+                on_bad_request(endpoint, 400)
             return _error(400, str(err))
         return Response(render(review, answer), media_type=_JSON)
 

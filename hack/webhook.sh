@@ -5,7 +5,9 @@
 #
 # Usage: hack/webhook.sh up | down | status | logs
 #   STREAMGATE_WEBHOOK_PORT   (default 28443)
-#   STREAMGATE_POLICY         policy file (default examples/policy.yaml)
+#   STREAMGATE_METRICS_PORT   (default 28090: http://127.0.0.1:28090/metrics)
+#   STREAMGATE_POLICY         policy file (default examples/policy.yaml), copied to
+#                             $DIR/policy.yaml: edit that copy and the webhook reloads it
 #   STREAMGATE_FAILURE_POLICY Ignore (default) | Fail
 set -euo pipefail
 
@@ -13,6 +15,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${STREAMGATE_CACHE:-$HOME/.cache/streamgate}"
 DIR="${STREAMGATE_WEBHOOK_DIR:-$CACHE/webhook}"
 PORT="${STREAMGATE_WEBHOOK_PORT:-28443}"
+METRICS_PORT="${STREAMGATE_METRICS_PORT:-28090}"
 POLICY="${STREAMGATE_POLICY:-$ROOT/examples/policy.yaml}"
 FAILURE_POLICY="${STREAMGATE_FAILURE_POLICY:-Ignore}"
 RELEASE=streamgate
@@ -48,9 +51,11 @@ cmd_up() {
     say "already running (pid $(cat "$PIDFILE"))"
   else
     "$BIN/streamgate" certs "$DIR/certs" --host 127.0.0.1 --host localhost >/dev/null
+    cp "$POLICY" "$DIR/policy.yaml"
     setsid "$BIN/streamgate" serve --host 127.0.0.1 --port "$PORT" \
       --cert "$DIR/certs/tls.crt" --key "$DIR/certs/tls.key" \
-      --policy "$POLICY" --kubeconfig "$kc" >"$LOG" 2>&1 < /dev/null &
+      --metrics-port "$METRICS_PORT" --policy-reload-interval 1 \
+      --policy "$DIR/policy.yaml" --kubeconfig "$kc" >"$LOG" 2>&1 < /dev/null &
     echo $! > "$PIDFILE"
     local i
     for i in $(seq 1 150); do

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
 
 from app.registry.credentials import ACR_AAD_SCOPE
 from app.registry.oci import Platform
@@ -35,7 +36,10 @@ def is_acr_host(registry: str) -> bool:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # camelCase in YAML like the rest of the policy (deadlineSeconds); snake_case works too.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
+    )
 
 
 class RegistrySettings(_Model):

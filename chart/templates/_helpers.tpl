@@ -113,6 +113,6 @@ exempt namespaces, namespaces the policy turns off, and webhook.excludeNamespace
 {{- $registry := .Values.policy.registry | default dict }}
 {{- $deadline := $registry.deadline_seconds | default $registry.deadlineSeconds | default 2.0 }}
 {{- if ge (float64 $deadline) (float64 .Values.webhook.timeoutSeconds) }}
-{{- fail (printf "policy.registry.deadline_seconds (%v s) must be below webhook.timeoutSeconds (%v s): the webhook must answer before the apiserver gives up" $deadline .Values.webhook.timeoutSeconds) }}
+{{- fail (printf "policy.registry.deadlineSeconds (%v s) must be below webhook.timeoutSeconds (%v s): the webhook must answer before the apiserver gives up" $deadline .Values.webhook.timeoutSeconds) }}
 {{- end }}
 {{- end }}

@@ -497,7 +497,7 @@ def test_policy_configmap_is_a_valid_policy_and_rolls_the_pods(default):
             "policy": {
                 "mode": "enforce",
                 "rules": {"digestPinned": "deny"},
-                "registry": {"deadline_seconds": 1.5},
+                "registry": {"deadlineSeconds": 1.5},
                 "pools": {"kubelet": {"minVersion": "1.30"}},
             }
         }
@@ -587,8 +587,8 @@ BAD = {
     ),
     "no-deployment-no-url": ({"deployment": {"enabled": False}}, "set webhook.url"),
     "deadline-over-timeout": (
-        {"policy": {"registry": {"deadline_seconds": 4}}, "webhook": {"timeoutSeconds": 3}},
-        "policy.registry.deadline_seconds (4 s) must be below webhook.timeoutSeconds (3 s)",
+        {"policy": {"registry": {"deadlineSeconds": 4}}, "webhook": {"timeoutSeconds": 3}},
+        "policy.registry.deadlineSeconds (4 s) must be below webhook.timeoutSeconds (3 s)",
     ),
     "root-user": ({"runAsUser": 0}, "/runAsUser"),
     "bad-client-id": ({"workloadIdentity": {"clientId": "me"}}, "/workloadIdentity/clientId"),

@@ -52,22 +52,44 @@ def test_table_lists_workloads_and_problems(tmp_path, capsys):
 def test_json_output_and_enforce_exit_code(tmp_path, capsys):
     path = write(tmp_path, "m.yaml", DEPLOY)
     policy = write(tmp_path, "p.yaml", "onError: deny\n")
-    code = main(["check", "-f", str(path), "--offline", "--policy", str(policy),
-                 "--mode", "enforce", "-o", "json"])
+    code = main(
+        [
+            "check",
+            "-f",
+            str(path),
+            "--offline",
+            "--policy",
+            str(policy),
+            "--mode",
+            "enforce",
+            "-o",
+            "json",
+        ]
+    )
     assert code == EXIT_DENIED
     data = json.loads(capsys.readouterr().out)
-    assert [(r["kind"], r["outcome"]) for r in data] == [("Deployment", "denied"), ("Pod", "denied")]
+    assert [(r["kind"], r["outcome"]) for r in data] == [
+        ("Deployment", "denied"),
+        ("Pod", "denied"),
+    ]
     assert data[0]["images"][0]["digestPinned"] is True
     assert data[0]["images"][0]["verdict"] == "unknown"
     assert {p["rule"] for p in data[0]["problems"]} == {"onError", "digestPinned"}
 
 
 def test_directory_of_examples_is_read(capsys):
-    assert main(["check", "-f", str(EXAMPLES), "--offline", "--policy",
-                 str(EXAMPLES / "policy.yaml")]) == EXIT_OK
+    assert (
+        main(["check", "-f", str(EXAMPLES), "--offline", "--policy", str(EXAMPLES / "policy.yaml")])
+        == EXIT_OK
+    )
     out = capsys.readouterr().out
-    for name in ("default/web", "default/plain", "default/nightly", "default/db",
-                 "payments/checkout"):
+    for name in (
+        "default/web",
+        "default/plain",
+        "default/nightly",
+        "default/db",
+        "payments/checkout",
+    ):
         assert name in out
 
 
