@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 DOCKER_HUB = "docker.io"
+# Azure Container Registry's public clouds; other hosts count as ACR only when configured.
+ACR_SUFFIXES = (".azurecr.io", ".azurecr.cn", ".azurecr.us")
 
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*\Z")
 _DOMAIN = re.compile(
@@ -108,3 +110,9 @@ def parse_image(raw: str) -> ImageRef:
     return ImageRef(
         raw=raw, registry=domain.lower(), repository=path, tag=tag, digest=digest or None
     )
+
+
+def is_acr_host(registry: str) -> bool:
+    """True for `<name>.azurecr.io|cn|us`, with or without a port."""
+    host = registry.lower().rsplit(":", 1)[0] if registry.count(":") == 1 else registry.lower()
+    return host.endswith(ACR_SUFFIXES)

@@ -6,12 +6,14 @@ fit, shortening the image reference first and the whole text only as a last reso
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
-from app.images import ImageRef
+from app.images import ImageRef, is_acr_host
 from app.pools import PoolFit
 
 MAX_WARNING = 120
+NO_ARTIFACT = "no streaming artifact"
 _IMAGE_BUDGET = 56
 _ELLIPSIS = "…"
 
@@ -45,16 +47,30 @@ def repo_tag(ref: ImageRef) -> str:
     return f"{ref.repository}:{ref.tag or 'latest'}"
 
 
+def fix_command(ref: ImageRef) -> str:
+    """The az command that asks ACR for a streaming artifact of this image."""
+    name = f"-n {ref.registry.split('.')[0]} " if is_acr_host(ref.registry) else ""
+    image = f"{ref.repository}@{ref.digest}" if ref.digest else repo_tag(ref)
+    return f"az acr artifact-streaming create {name}--image {image}"
+
+
+_RETRY = re.compile(r"conversion (failed \([A-Z_]+\)|canceled)\Z")
+
+
 def not_streamable(label: str, ref: ImageRef, reason: str) -> str:
-    """Names the image and what to do. A registry reason beyond the bare fact (conversion
-    running, failed, wrong platform) replaces the fix, which would not help then."""
-    if reason and reason != "no streaming artifact":
-        return fit(f"{label}: {display(ref)}: {reason}")
-    fix = f"fix: az acr artifact-streaming create --image {repo_tag(ref)}"
-    full = f"{label}: {display(ref)} has no streaming artifact; {fix}"
+    """Names the image and what to do. When the registry knows more (conversion queued,
+    running, failed for a reason no retry fixes) its reason is the message; the command that
+    starts a conversion is added only where running it would help."""
+    if not reason or reason == NO_ARTIFACT:
+        detail = f" has no streaming artifact; fix: {fix_command(ref)}"
+    elif _RETRY.match(reason):
+        detail = f": {reason}; retry: {fix_command(ref)}"
+    else:
+        detail = f": {reason}"
+    full = f"{label}: {display(ref)}{detail}"
     if len(full) <= MAX_WARNING:
         return full
-    return fit(f"{label}: {short(repo_tag(ref), 40)} has no streaming artifact; {fix}")
+    return fit(f"{label}: {short(repo_tag(ref), 40)}{detail}")
 
 
 def unknown(label: str, ref: ImageRef, reason: str, *, denied: bool) -> str:

@@ -19,12 +19,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from app.images import is_acr_host
 from app.nodes.rules import PoolRulesConfig
 from app.registry.config import RegistryConfig
 
 MODE_LABEL = "streamgate.io/mode"
 EXEMPT_ANNOTATION = "streamgate.io/exempt"
-DEFAULT_ACR_SUFFIXES = (".azurecr.io", ".azurecr.cn", ".azurecr.us")
 
 
 class Mode(StrEnum):
@@ -102,9 +102,9 @@ class Policy(_Strict):
         return tuple(h.lower() for h in value)
 
     def is_acr(self, registry: str) -> bool:
-        host = registry.lower()
-        if host.endswith(DEFAULT_ACR_SUFFIXES):
+        if is_acr_host(registry):
             return True
+        host = registry.lower()
         return any(fnmatch.fnmatchcase(host, pattern) for pattern in self.acr_registries)
 
 

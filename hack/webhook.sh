@@ -9,6 +9,10 @@
 #   STREAMGATE_POLICY         policy file (default examples/policy.yaml), copied to
 #                             $DIR/policy.yaml: edit that copy and the webhook reloads it
 #   STREAMGATE_FAILURE_POLICY Ignore (default) | Fail
+#   STREAMGATE_RELEASE        release name, so the webhook configurations' names (default
+#                             streamgate); test runs use their own
+#   STREAMGATE_ONLY_LABEL     key=value: only namespaces with this label are sent to the
+#                             webhook (test runs sharing one cluster keep to their own)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,7 +22,8 @@ PORT="${STREAMGATE_WEBHOOK_PORT:-28443}"
 METRICS_PORT="${STREAMGATE_METRICS_PORT:-28090}"
 POLICY="${STREAMGATE_POLICY:-$ROOT/examples/policy.yaml}"
 FAILURE_POLICY="${STREAMGATE_FAILURE_POLICY:-Ignore}"
-RELEASE=streamgate
+RELEASE="${STREAMGATE_RELEASE:-streamgate}"
+ONLY_LABEL="${STREAMGATE_ONLY_LABEL:-}"
 NAMESPACE=streamgate-system
 BIN="$ROOT/.venv/bin"
 PIDFILE="$DIR/streamgate.pid"
@@ -33,13 +38,18 @@ helm_bin() { echo "$("$ROOT/hack/k8s-binaries.sh" --print-dir)/helm"; }
 running() { [[ -f "$PIDFILE" ]] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
 
 render() {
-  local ca_b64
+  local ca_b64 only=()
   ca_b64=$(base64 -w0 < "$DIR/certs/ca.crt")
+  if [[ -n "$ONLY_LABEL" ]]; then
+    only=(--set "webhook.namespaceSelectorExpressions[0].key=${ONLY_LABEL%%=*}"
+          --set "webhook.namespaceSelectorExpressions[0].operator=In"
+          --set "webhook.namespaceSelectorExpressions[0].values[0]=${ONLY_LABEL#*=}")
+  fi
   "$(helm_bin)" template "$RELEASE" "$ROOT/chart" --namespace "$NAMESPACE" \
     --set deployment.enabled=false \
     --set "webhook.url=https://127.0.0.1:$PORT" \
     --set "webhook.caBundle=$ca_b64" \
-    --set "webhook.failurePolicy=$FAILURE_POLICY"
+    --set "webhook.failurePolicy=$FAILURE_POLICY" "${only[@]}"
 }
 
 cmd_up() {

@@ -17,10 +17,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from app.images import is_acr_host
 from app.registry.credentials import ACR_AAD_SCOPE
 from app.registry.oci import Platform
 
-ACR_SUFFIXES = (".azurecr.io", ".azurecr.cn", ".azurecr.us")
 _KEY = re.compile(
     r"\*\.[a-z0-9]([a-z0-9.-]*[a-z0-9])?\Z"  # *.domain
     r"|[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?\Z"  # host[:port]
@@ -28,11 +28,6 @@ _KEY = re.compile(
 )
 
 AuthMode = Literal["auto", "anonymous", "basic", "acr-aad"]
-
-
-def is_acr_host(registry: str) -> bool:
-    host = registry.lower().rsplit(":", 1)[0] if registry.count(":") == 1 else registry.lower()
-    return host.endswith(ACR_SUFFIXES)
 
 
 class _Model(BaseModel):

@@ -1,14 +1,14 @@
 """Verdicts and the short texts users read in them.
 
-Reasons stay short (the policy layer puts them into warnings of at most 120 characters, with
-the image name) and say what to do when there is something to do: for an ACR image without a
-streaming artifact, the `az acr artifact-streaming create` command that makes one.
+Reasons stay short and state the registry's side only (the policy layer puts them into
+warnings of at most 120 characters, with the image name, and adds the `az acr
+artifact-streaming create` command where running it would help: app/messages.py).
 """
 
 from __future__ import annotations
 
 from app.images import ImageRef
-from app.registry.config import ACR_SUFFIXES
+from app.messages import NO_ARTIFACT
 from app.registry.conversion import ConversionState, ConversionStatus
 from app.registry.errors import RegistryError
 from app.registry.lookup import LookupResult
@@ -25,14 +25,6 @@ _HINTS = {
     "UNSUPPORTED_MEDIATYPE": "the manifest type can't be converted",
     "UNSUPPORTED_ARTIFACT_TYPE": "the artifact type can't be converted",
 }
-
-
-def fix_command(ref: ImageRef) -> str:
-    """The az command that asks ACR for a streaming artifact of this image."""
-    host = ref.registry.split(":")[0]
-    name = host.split(".")[0] if host.endswith(ACR_SUFFIXES) else "<registry-name>"
-    image = f"{ref.repository}@{ref.digest}" if ref.digest else f"{ref.repository}:{ref.tag}"
-    return f"az acr artifact-streaming create -n {name} --image {image}"
 
 
 def verdict_for(ref: ImageRef, result: LookupResult, *, platform: Platform) -> ImageVerdict:
@@ -59,11 +51,11 @@ def _missing_reason(ref: ImageRef, result: LookupResult, *, platform: Platform) 
         more = ", ..." if len(result.other_platforms) > 3 else ""
         return f"streaming artifact only for {others}{more}, not {platform}"
     if result.conversion is None:
-        return "no streaming artifact"
-    return _conversion_reason(result.conversion, fix_command(ref))
+        return NO_ARTIFACT
+    return _conversion_reason(result.conversion)
 
 
-def _conversion_reason(status: ConversionStatus, command: str) -> str:
+def _conversion_reason(status: ConversionStatus) -> str:
     state = status.state
     if state is ConversionState.NOT_STARTED:
         return "no streaming artifact yet; conversion queued"
@@ -78,12 +70,12 @@ def _conversion_reason(status: ConversionStatus, command: str) -> str:
             return f"streaming conversion failed ({code}): only linux/amd64 images convert"
         if code in _HINTS:
             return f"streaming conversion failed ({code}): {_HINTS[code]}"
-        return f"streaming conversion failed ({code}); retry: {command}"
+        return f"conversion failed ({code})"
     if state is ConversionState.CANCELED:
-        return f"streaming conversion canceled; fix: {command}"
+        return "conversion canceled"
     if state is ConversionState.NEVER_REQUESTED:
-        return f"no streaming artifact, conversion never requested; fix: {command}"
-    return f"no streaming artifact (conversion status unknown); fix: {command}"
+        return NO_ARTIFACT  # the message layer adds the command that starts one
+    return NO_ARTIFACT
 
 
 def unknown(reason: str) -> ImageVerdict:

@@ -20,9 +20,9 @@ from collections.abc import Callable, Mapping
 
 import httpx
 
-from app.images import ImageRef
+from app.images import ImageRef, is_acr_host
 from app.registry.cache import CacheStats
-from app.registry.config import RegistryConfig, is_acr_host
+from app.registry.config import RegistryConfig
 from app.registry.credentials import AadTokenProvider
 from app.registry.errors import RegistryError, RegistryTimeout
 from app.registry.lookup import Lookup, LookupResult

@@ -76,6 +76,15 @@ def kubectl(cluster: Path) -> Kubectl:
 WEBHOOK = ROOT / "hack" / "webhook.sh"
 REGISTRY = "127.0.0.1:25000"
 MODES = ("enforce", "warn", "audit", "off")
+RUN_LABEL = "streamgate.io/test-run"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -89,11 +98,15 @@ def seeded_registry() -> str:
 
 
 class LocalWebhook:
-    """The running webhook: its decision log, and one fresh namespace per mode."""
+    """The running webhook: its decision log, metrics URL, and one fresh namespace per mode.
+    Only namespaces labelled `streamgate.io/test-run=<suffix>` are sent to it, so test runs
+    sharing one cluster each judge their own namespaces."""
 
-    def __init__(self, log: Path, suffix: str) -> None:
+    def __init__(self, log: Path, suffix: str, metrics_port: int) -> None:
         self.log = log
         self.suffix = suffix
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        self.run_label = f"{RUN_LABEL}={suffix}"
 
     def ns(self, mode: str) -> str:
         return f"sg-{mode}-{self.suffix}"
@@ -103,24 +116,38 @@ class LocalWebhook:
 
 
 @pytest.fixture(scope="session")
-def webhook(cluster: Path, seeded_registry: str, kubectl: Kubectl) -> Iterator[LocalWebhook]:
+def webhook(
+    cluster: Path, seeded_registry: str, kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalWebhook]:
     """streamgate running locally, wired into the cluster by the chart's webhook objects
     (hack/webhook.sh), with one new namespace per mode labelled streamgate.io/mode=<mode>."""
     suffix = uuid.uuid4().hex[:5]
     for mode in MODES:
         kubectl("create", "namespace", f"sg-{mode}-{suffix}")
-        kubectl("label", "namespace", f"sg-{mode}-{suffix}", f"streamgate.io/mode={mode}")
-    # Always a fresh process: one left running from earlier could run older code.
-    subprocess.run([str(WEBHOOK), "down"], check=False)
-    subprocess.run([str(WEBHOOK), "up"], check=True)
-    cache = Path(os.environ.get("STREAMGATE_CACHE", Path.home() / ".cache" / "streamgate"))
-    log = Path(os.environ.get("STREAMGATE_WEBHOOK_DIR", cache / "webhook")) / "streamgate.log"
-    hook = LocalWebhook(log, suffix)
+        kubectl(
+            "label",
+            "namespace",
+            f"sg-{mode}-{suffix}",
+            f"streamgate.io/mode={mode}",
+            f"{RUN_LABEL}={suffix}",
+        )
+    state = tmp_path_factory.mktemp("webhook")
+    metrics_port = free_port()
+    env = {
+        **os.environ,
+        "STREAMGATE_WEBHOOK_DIR": str(state),
+        "STREAMGATE_WEBHOOK_PORT": str(free_port()),
+        "STREAMGATE_METRICS_PORT": str(metrics_port),
+        "STREAMGATE_RELEASE": f"sg-test-{suffix}",
+        "STREAMGATE_ONLY_LABEL": f"{RUN_LABEL}={suffix}",
+    }
+    subprocess.run([str(WEBHOOK), "up"], check=True, env=env)
+    hook = LocalWebhook(state / "streamgate.log", suffix, metrics_port)
     _wait_until_admitting(kubectl, hook.ns("warn"))
     try:
         yield hook
     finally:
-        subprocess.run([str(WEBHOOK), "down"], check=False)
+        subprocess.run([str(WEBHOOK), "down"], check=False, env=env)
         for mode in MODES:
             kubectl("delete", "namespace", hook.ns(mode), "--wait=false", check=False)
 

@@ -184,7 +184,9 @@ def test_off_namespace_is_never_sent(webhook, kubectl):
 
 
 def test_kube_system_is_never_sent(webhook, kubectl):
+    """Even when kube-system carries this run's label, the chart's selector keeps it out."""
     pod_name = name("plain")
+    kubectl("label", "--overwrite", "namespace", "kube-system", webhook.run_label)
     out = apply(kubectl, pod(pod_name, "kube-system", PLAIN))
     try:
         assert out.returncode == 0 and "Warning" not in out.stderr
@@ -192,6 +194,9 @@ def test_kube_system_is_never_sent(webhook, kubectl):
         assert pod_name not in webhook.log_text()
     finally:
         kubectl("delete", "pod", pod_name, "-n", "kube-system", "--wait=false", check=False)
+        kubectl(
+            "label", "namespace", "kube-system", webhook.run_label.split("=")[0] + "-", check=False
+        )
 
 
 def test_server_dry_run_gets_the_same_warnings(webhook, kubectl):
@@ -381,7 +386,7 @@ def test_webhook_outage_never_blocks_the_cluster(webhook, kubectl, tmp_path):
         [
             helm,
             "template",
-            "sg-dead",
+            f"sg-dead-{webhook.suffix}",
             str(ROOT / "chart"),
             "--namespace",
             "streamgate-system",
@@ -392,6 +397,12 @@ def test_webhook_outage_never_blocks_the_cluster(webhook, kubectl, tmp_path):
             "--set",
             "webhook.caBundle="
             + base64.b64encode((webhook.log.parent / "certs" / "ca.crt").read_bytes()).decode(),
+            "--set",
+            f"webhook.namespaceSelectorExpressions[0].key={webhook.run_label.split('=')[0]}",
+            "--set",
+            "webhook.namespaceSelectorExpressions[0].operator=In",
+            "--set",
+            f"webhook.namespaceSelectorExpressions[0].values[0]={webhook.suffix}",
         ],
         capture_output=True,
         text=True,

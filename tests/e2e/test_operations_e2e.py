@@ -15,12 +15,11 @@ from tests.e2e.conftest import REGISTRY
 
 pytestmark = pytest.mark.e2e
 
-METRICS_URL = "http://127.0.0.1:28090/metrics"
 PLAIN = f"{REGISTRY}/demo/plain:v1"
 
 
-def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = urllib.request.urlopen(METRICS_URL, timeout=5).read().decode()
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
     out = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -48,13 +47,13 @@ def pod(ns: str, image: str = PLAIN) -> tuple[str, str]:
 
 
 def test_metrics_count_real_admissions(webhook, kubectl):
-    before = scrape()
+    before = scrape(webhook.metrics_url)
     for _ in range(3):
         _, manifest = pod(webhook.ns("warn"))
         kubectl("apply", "-f", "-", stdin=manifest)
     _, manifest = pod(webhook.ns("enforce"))
     kubectl("apply", "-f", "-", stdin=manifest, check=False)
-    after = scrape()
+    after = scrape(webhook.metrics_url)
     name = "streamgate_admission_requests_total"
     grew = value(after, name, endpoint="validate", kind="Pod", decision="warn") - value(
         before, name, endpoint="validate", kind="Pod", decision="warn"
@@ -88,22 +87,31 @@ def test_policy_file_changed_under_the_running_server(webhook, kubectl):
     original = policy.read_text()
     unlabelled = f"plain-{uuid.uuid4().hex[:5]}"
     kubectl("create", "namespace", unlabelled)
+    kubectl("label", "namespace", unlabelled, webhook.run_label)
     try:
         _, manifest = pod(unlabelled)
         assert kubectl("apply", "--dry-run=server", "-f", "-", stdin=manifest).returncode == 0
 
         policy.write_text(original.replace("mode: warn", "mode: enforce"))
         assert _wait_for(
-            lambda: value(scrape(), "streamgate_policy_reloads_total", result="ok") >= 1
+            lambda: (
+                value(scrape(webhook.metrics_url), "streamgate_policy_reloads_total", result="ok")
+                >= 1
+            )
         )
         denied = kubectl("apply", "--dry-run=server", "-f", "-", stdin=manifest, check=False)
         assert denied.returncode != 0 and "denied the request" in denied.stderr
 
-        failed_before = value(scrape(), "streamgate_policy_reloads_total", result="failed")
+        failed_before = value(
+            scrape(webhook.metrics_url), "streamgate_policy_reloads_total", result="failed"
+        )
         policy.write_text("mode: [not, a, mode\n")
         assert _wait_for(
             lambda: (
-                value(scrape(), "streamgate_policy_reloads_total", result="failed") > failed_before
+                value(
+                    scrape(webhook.metrics_url), "streamgate_policy_reloads_total", result="failed"
+                )
+                > failed_before
             )
         )
         still = kubectl("apply", "--dry-run=server", "-f", "-", stdin=manifest, check=False)

@@ -86,7 +86,7 @@ def test_warnings_name_container_image_and_fix(webhook):
         warnings = client.post("/validate", json=review).json()["response"]["warnings"]
     assert (
         "c1: sidecar:v2 has no streaming artifact; fix: az acr "
-        "artifact-streaming create --image sidecar:v2" in warnings
+        "artifact-streaming create -n streamgatedemo --image sidecar:v2" in warnings
     )
     assert (
         "init:init0: migrate@sha256:cccccccccccc… is pinned by digest; AKS streams tag pulls "

@@ -74,7 +74,7 @@ def test_not_streamable_by_mode(mode, allowed, severity):
     d = run(deployment(img), {img: NOPE}, mode=mode)
     assert d.allowed is allowed
     assert rules(d) == [("notStreamable", severity)]
-    assert "az acr artifact-streaming create --image web:v1" in d.problems[0].message
+    assert "az acr artifact-streaming create -n myreg --image web:v1" in d.problems[0].message
     assert d.annotations[ANNOTATION_STREAMING] == "none"
 
 
@@ -98,7 +98,7 @@ def test_registry_reason_is_shown():
     )
     assert bare.problems[0].message == (
         "c0: myreg.azurecr.io/web:v1 has no streaming artifact; "
-        "fix: az acr artifact-streaming create --image web:v1"
+        "fix: az acr artifact-streaming create -n myreg --image web:v1"
     )
 
 
@@ -259,3 +259,35 @@ def test_every_message_fits_in_120_characters():
     for p in d.problems:
         assert len(p.message) <= MAX_WARNING, p.message
         assert "\n" not in p.message
+
+
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [
+        (
+            "no streaming artifact",
+            "c0: myreg.azurecr.io/web:v1 has no streaming artifact; "
+            "fix: az acr artifact-streaming create -n myreg --image web:v1",
+        ),
+        (
+            "conversion canceled",
+            "c0: myreg.azurecr.io/web:v1: conversion canceled; "
+            "retry: az acr artifact-streaming create -n myreg --image web:v1",
+        ),
+        (
+            "conversion failed (UNKNOWN_ERROR)",
+            "c0: web:v1: conversion failed (UNKNOWN_ERROR); "
+            "retry: az acr artifact-streaming create -n myreg --image web:v1",
+        ),
+        (
+            "streaming conversion failed (UNSUPPORTED_PLATFORM): only linux/amd64 images convert",
+            "c0: myreg.azurecr.io/web:v1: streaming conversion failed (UNSUPPORTED_PLATFORM): "
+            "only linux/amd64 images convert",
+        ),
+    ],
+    ids=["bare", "canceled", "failed-retry", "failed-no-retry"],
+)
+def test_fix_or_retry_only_where_it_helps(reason, message):
+    img = f"{ACR}/web:v1"
+    d = run(deployment(img), {img: ImageVerdict(Verdict.NOT_STREAMABLE, reason)})
+    assert d.problems[0].message == message

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from app.images import parse_image
+from app.messages import fix_command
 from app.registry.conversion import ConversionState, ConversionStatus, parse_conversion
-from app.registry.messages import fix_command
 
 
 @pytest.mark.parametrize(
@@ -82,7 +82,7 @@ def test_parse_conversion(doc: dict[str, Any], expected: ConversionStatus) -> No
         ),
         (
             "127.0.0.1:25443/demo/app:v1",
-            "az acr artifact-streaming create -n <registry-name> --image demo/app:v1",
+            "az acr artifact-streaming create --image demo/app:v1",
         ),
     ],
     ids=["tag", "digest", "not-azurecr"],
