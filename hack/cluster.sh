@@ -242,21 +242,20 @@ lock_dir() {
   flock -w "$1" 8
 }
 
+already_up() {
+  all_running && curl_api /readyz >/dev/null 2>&1 || return 1
+  [[ -f "$KUBECONFIG_FILE" ]] || write_kubeconfig
+  say "already up"
+  print_env
+}
+
 cmd_up() {
   mkdir -p "$DIR" "$PIDS" "$LOGS"
   # Fast path, no lock needed: everything is running and the apiserver is ready.
-  if all_running && curl_api /readyz >/dev/null 2>&1; then
-    say "already up"
-    print_env
-    return 0
-  fi
+  if already_up; then return 0; fi
   lock_dir 300 || die "another up/down still holds $DIR/up-down.lock after 300s"
   # Someone else may have brought it up while we waited for the lock.
-  if all_running && curl_api /readyz >/dev/null 2>&1; then
-    say "already up"
-    print_env
-    return 0
-  fi
+  if already_up; then return 0; fi
   # Anything left over from a half-finished run goes first.
   if compgen -G "$PIDS/*.pid" >/dev/null; then
     say "cleaning up a partial cluster"
