@@ -149,8 +149,12 @@ def parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, default=0, help="serve /metrics on this port (0: off)"
     )
     s.add_argument("--metrics-host", help="default: --host")
-    s.add_argument("--policy-reload-interval", type=float, default=5.0,
-                   help="seconds between checks of the policy file for changes")
+    s.add_argument(
+        "--policy-reload-interval",
+        type=float,
+        default=5.0,
+        help="seconds between checks of the policy file for changes",
+    )
     m = s.add_argument_group("self-managed certificates (in a cluster)")
     m.add_argument(
         "--manage-certs",
