@@ -192,7 +192,14 @@ def _pool_problems(judge: _Judge, placement: Placement, policy: Policy) -> None:
 
 def _streaming_summary(reports: list[ContainerReport], placement: Placement) -> str:
     judged = [r for r in reports if not r.exempt]
-    verdicts = [r.verdict.verdict for r in judged]
+    # A digest-pinned image with an artifact may or may not stream (ACR's docs say it may,
+    # AKS's that digest pulls don't): it never makes the workload "all".
+    verdicts = [
+        Verdict.UNKNOWN
+        if r.ref and r.ref.digest_pinned and r.verdict.verdict is Verdict.STREAMABLE
+        else r.verdict.verdict
+        for r in judged
+    ]
     streamable = verdicts.count(Verdict.STREAMABLE)
     unknown = verdicts.count(Verdict.UNKNOWN)
     pools = placement.pools

@@ -306,7 +306,8 @@ def test_digest_pinned_is_warned_even_in_enforce(webhook, kubectl):
     ) in out.stderr
     ann = annotations(kubectl, "pod", pod_name, webhook.ns("enforce"))
     assert ann["streamgate.io/digest-pinned"] == "app"
-    assert ann["streamgate.io/report"] == "app=streamable"
+    assert ann["streamgate.io/report"] == "app=streamable"  # the artifact exists...
+    assert ann["streamgate.io/streaming"] == "unknown"  # ...but a digest pull may not stream
 
 
 @pytest.mark.parametrize(

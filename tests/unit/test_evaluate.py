@@ -121,6 +121,9 @@ def test_digest_pinned_warns_even_in_enforce_and_is_annotated():
     assert d.allowed
     assert rules(d) == [("digestPinned", Severity.WARN)]
     assert d.annotations[ANNOTATION_DIGEST_PINNED] == "c0"
+    assert d.annotations[ANNOTATION_STREAMING] == "partial"  # c1 streams; pinned c0 may not
+    alone = run(deployment(img))
+    assert alone.annotations[ANNOTATION_STREAMING] == "unknown"
     assert "sha256:bbbbbbbbbbbb…" in d.problems[0].message
 
 
