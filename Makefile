@@ -6,15 +6,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export STREAMGATE_CACHE ?= $(HOME)/.cache/streamgate
 
-.PHONY: install lint format test unit run demo demo-down bench clean
+.PHONY: install lint format test unit run demo demo-down bench clean image constraints
 
 install: $(STAMP) ## create .venv and install streamgate with its dev tools
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing streamgate and its dev tools into $(VENV) (log: $(VENV)/install.log)"
 	@{ $(BIN)/python -m pip install --disable-pip-version-check --upgrade pip && \
-	   $(BIN)/python -m pip install --disable-pip-version-check -e '.[dev]'; } \
+	   $(BIN)/python -m pip install --disable-pip-version-check --constraint constraints.txt \
+	     -e '.[dev]'; } \
 	   > $(VENV)/install.log 2>&1 || { tail -30 $(VENV)/install.log; exit 1; }
 	@touch $@
 
@@ -47,6 +48,15 @@ demo-down: ## stop the demo's webhook, registries and cluster
 	-@hack/webhook.sh down
 	-@hack/registries.sh down
 	-@hack/cluster.sh down
+
+constraints: install ## re-pin constraints.txt from the current virtualenv
+	@{ sed -n '1,3p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable; } > constraints.txt.new
+	@mv constraints.txt.new constraints.txt
+
+IMAGE ?= streamgate:dev
+image: ## build the container image (needs a Docker engine)
+	@docker info >/dev/null 2>&1 || { echo "make image: no Docker engine here; build on a machine with Docker" >&2; exit 1; }
+	docker build -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) .demo .mypy_cache .ruff_cache .pytest_cache
