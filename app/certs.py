@@ -47,12 +47,11 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from app.tls import CA_VALIDITY, SERVING_VALIDITY, CertFiles, _name, _pem_key, _san, _write_atomic
+from app.pki import CA_VALIDITY, SERVING_VALIDITY, new_ca, new_serving, write_atomic
+from app.tls import CertFiles
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +63,6 @@ KEY_CERT, KEY_KEY, KEY_CA, KEY_CA_KEY, KEY_BUNDLE = (
     "ca.key",
     "ca-bundle.crt",
 )
-_BACKDATE = dt.timedelta(minutes=5)  # tolerate clocks a little behind ours
 _CONFLICT_RETRIES = 5
 _HTTP_NOT_FOUND, _HTTP_CONFLICT, _HTTP_INVALID = 404, 409, 422
 
@@ -144,72 +142,6 @@ def service_hosts(service: str, namespace: str) -> list[str]:
         f"{service}.{namespace}.svc",
         f"{service}.{namespace}.svc.cluster.local",
     ]
-
-
-def new_ca(now: dt.datetime, *, validity: dt.timedelta, common_name: str) -> tuple[bytes, bytes]:
-    """A self-signed CA: (certificate PEM, key PEM)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    usage = x509.KeyUsage(
-        digital_signature=True,
-        key_cert_sign=True,
-        crl_sign=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
-    public = key.public_key()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(_name(common_name))
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(now + validity)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(usage, critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
-
-
-def new_serving(
-    ca_cert_pem: bytes,
-    ca_key_pem: bytes,
-    hosts: Sequence[str],
-    now: dt.datetime,
-    *,
-    validity: dt.timedelta,
-) -> tuple[bytes, bytes]:
-    """A serving pair for `hosts` signed by the CA, never outliving it: (cert PEM, key PEM)."""
-    ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
-    ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
-    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
-        raise ValueError("the CA key is not an EC key")
-    key = ec.generate_private_key(ec.SECP256R1())
-    not_after = min(now + validity, ca_cert.not_valid_after_utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(hosts[0]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(not_after)
-        .add_extension(_san(list(hosts)), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
 
 
 def _load_pair(cert_pem: bytes, key_pem: bytes) -> x509.Certificate | None:
@@ -503,7 +435,7 @@ def _write_if_changed(path: Path, data: bytes, *, mode: int = 0o644) -> bool:
             return False
     except OSError:
         pass
-    _write_atomic(path, data, mode=mode)
+    write_atomic(path, data, mode=mode)
     return True
 
 
