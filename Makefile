@@ -58,5 +58,8 @@ image: ## build the container image (needs a Docker engine)
 	@docker info >/dev/null 2>&1 || { echo "make image: no Docker engine here; build on a machine with Docker" >&2; exit 1; }
 	docker build -t $(IMAGE) .
 
+bench: install ## benchmark suite (~15 min; needs the local registry and cluster): docs/benchmarks.{md,json,png}
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .demo .mypy_cache .ruff_cache .pytest_cache

@@ -1,13 +1,19 @@
-"""The HTTP edge: FastAPI routes for /validate, /mutate, /healthz and /readyz.
+"""The HTTP edge: /validate and /mutate, /healthz and /readyz.
 
 Bodies are read raw (bounded), parsed by `app.review`, judged by `app.admission`. A malformed
 review is a 400 with its reason, an oversized one a 413; nothing a client sends becomes a 500.
+
+`POST /validate` and `POST /mutate` are answered straight from the ASGI callable: every Pod
+and workload in the cluster waits on them, and FastAPI's middleware and routing layers cost
+about as much as the admission itself (docs/benchmarks.md). Everything else (the probes, a
+wrong method or path) goes to a FastAPI app, which answers as FastAPI does.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request, Response
@@ -23,18 +29,42 @@ MAX_BODY = 7 * 1024 * 1024
 
 _JSON = "application/json"
 
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_ENDPOINTS: dict[str, Endpoint] = {"/validate": "validate", "/mutate": "mutate"}
+
 
 class BodyTooLarge(Exception):
     pass
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+def _declared_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    declared = _declared_length(scope)
+    if declared is not None and declared > limit:
         raise BodyTooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):  # the usual case: one message
+        if len(body) > limit:
+            raise BodyTooLarge
+        return body
+    chunks = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge
@@ -42,8 +72,66 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _error(status: int, reason: str) -> Response:
-    return Response(orjson.dumps({"error": reason}), status_code=status, media_type=_JSON)
+async def _send(send: Send, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _error_body(reason: str) -> bytes:
+    return orjson.dumps({"error": reason})
+
+
+class AdmissionApp:
+    """The ASGI application: admission on the fast path, the rest through FastAPI."""
+
+    def __init__(
+        self,
+        admission: Admission,
+        fallback: FastAPI,
+        *,
+        max_body: int = MAX_BODY,
+        on_bad_request: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.admission = admission
+        self.fallback = fallback
+        self.max_body = max_body
+        self.on_bad_request = on_bad_request
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = _ENDPOINTS.get(scope["path"])
+            if endpoint is not None:
+                status, body = await self.handle(scope, receive, endpoint)
+                await _send(send, status, body)
+                return
+        await self.fallback(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive, endpoint: Endpoint) -> tuple[int, bytes]:
+        try:
+            body = await _read_body(scope, receive, self.max_body)
+        except BodyTooLarge:
+            if self.on_bad_request:
+                self.on_bad_request(endpoint, 413)
+            reason = f"body larger than {self.max_body} bytes: not an AdmissionReview"
+            return 413, _error_body(reason)
+        try:
+            review = parse_review(body)
+            answer = await self.admission.answer(review, endpoint)
+        except ReviewError as err:
+            logger.info("bad review on /%s: %s", endpoint, err)
+            if self.on_bad_request:
+                self.on_bad_request(endpoint, 400)
+            return 400, _error_body(str(err))
+        return 200, render(review, answer)
 
 
 def create_app(
@@ -52,33 +140,21 @@ def create_app(
     ready: Callable[[], tuple[bool, str]] = lambda: (True, "ok"),
     max_body: int = MAX_BODY,
     on_bad_request: Callable[[str, int], None] | None = None,
-) -> FastAPI:
+) -> AdmissionApp:
     app = FastAPI(title="streamgate", docs_url=None, redoc_url=None, openapi_url=None)
+    edge = AdmissionApp(admission, app, max_body=max_body, on_bad_request=on_bad_request)
 
-    async def handle(request: Request, endpoint: Endpoint) -> Response:
-        try:
-            body = await _read_body(request, max_body)
-        except BodyTooLarge:
-            if on_bad_request:
-                on_bad_request(endpoint, 413)
-            return _error(413, f"body larger than {max_body} bytes: not an AdmissionReview")
-        try:
-            review = parse_review(body)
-            answer = await admission.answer(review, endpoint)
-        except ReviewError as err:
-            logger.info("bad review on /%s: %s", endpoint, err)
-            if on_bad_request:
-                on_bad_request(endpoint, 400)
-            return _error(400, str(err))
-        return Response(render(review, answer), media_type=_JSON)
-
+    # Reached only when the fast path did not answer (it always does for these two): kept so
+    # that the routes are listed and a GET gets FastAPI's 405.
     @app.post("/validate")
     async def validate(request: Request) -> Response:
-        return await handle(request, "validate")
+        status, body = await edge.handle(request.scope, request.receive, "validate")
+        return Response(body, status_code=status, media_type=_JSON)
 
     @app.post("/mutate")
     async def mutate(request: Request) -> Response:
-        return await handle(request, "mutate")
+        status, body = await edge.handle(request.scope, request.receive, "mutate")
+        return Response(body, status_code=status, media_type=_JSON)
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -89,4 +165,4 @@ def create_app(
         ok, why = ready()
         return Response(why, status_code=200 if ok else 503, media_type="text/plain")
 
-    return app
+    return edge

@@ -1,0 +1,1 @@
+"""`make bench`: how much the webhook costs, measured (docs/benchmarks.md)."""

@@ -1,0 +1,259 @@
+"""Through the API server: Pod creates with and without the webhook, in the same run."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import re
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from bench.common import ROOT, free_port, log, percentile, summary
+from bench.context import Ctx, policy_yaml
+from bench.registry import seed_demo
+from bench.reviews import DEMO_IMAGES, PUBLIC_IMAGE
+from bench.warm import DEMO_NAMESPACE
+
+WEBHOOK_SH = ROOT / "hack" / "webhook.sh"
+LABEL = "streamgate-bench"
+
+
+class Api:
+    """Just enough of a Kubernetes client: the kubeconfig's client certificate, HTTP/2."""
+
+    def __init__(self, kubeconfig: str, work: Path) -> None:
+        cfg = yaml.safe_load(Path(kubeconfig).read_text())
+        cluster = cfg["clusters"][0]["cluster"]
+        user = cfg["users"][0]["user"]
+        self.server = cluster["server"]
+        files = {}
+        for key, name in (
+            ("certificate-authority", "ca.crt"),
+            ("client-certificate", "tls.crt"),
+            ("client-key", "tls.key"),
+        ):
+            source = cluster if key == "certificate-authority" else user
+            path = work / "kube" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if f"{key}-data" in source:
+                path.write_bytes(base64.b64decode(source[f"{key}-data"]))
+                os.chmod(path, 0o600)
+            else:
+                path = Path(source[key])
+            files[key] = str(path)
+        self.ca, self.cert, self.key = (
+            files["certificate-authority"],
+            files["client-certificate"],
+            files["client-key"],
+        )
+
+    def client(self, concurrency: int) -> httpx.AsyncClient:
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=self.ca)
+        ctx.load_cert_chain(self.cert, self.key)
+        return httpx.AsyncClient(
+            base_url=self.server,
+            verify=ctx,
+            http2=True,
+            timeout=60,
+            limits=httpx.Limits(max_connections=concurrency),
+        )
+
+
+def pod(namespace: str, images: list[str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": "sgbench-",
+            "namespace": namespace,
+            "labels": {"app": "sgbench"},
+        },
+        "spec": {
+            # A scheduler that does not exist: the pods stay Pending, nothing else runs.
+            "schedulerName": "sgbench-unscheduled",
+            "containers": [{"name": f"c{k}", "image": im} for k, im in enumerate(images)],
+        },
+    }
+
+
+async def create_many(
+    client: httpx.AsyncClient, namespace: str, count: int, concurrency: int, images: list[str]
+) -> tuple[list[float], float, int]:
+    """Create `count` pods, `concurrency` at a time: per-create ms, wall seconds, annotated."""
+    sem = asyncio.Semaphore(concurrency)
+    lat: list[float] = []
+    annotated = 0
+
+    async def one(i: int) -> None:
+        nonlocal annotated
+        count_images = 2 + i % 5
+        picked = [images[(i + k) % len(images)] for k in range(count_images)]
+        async with sem:
+            t0 = time.perf_counter()
+            resp = await client.post(
+                f"/api/v1/namespaces/{namespace}/pods", json=pod(namespace, picked)
+            )
+            lat.append((time.perf_counter() - t0) * 1000)
+        if resp.status_code != 201:
+            raise RuntimeError(f"create in {namespace}: {resp.status_code} {resp.text[:300]}")
+        annotations = resp.json()["metadata"].get("annotations") or {}
+        annotated += any(k.startswith("streamgate.io/") for k in annotations)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(count)))
+    return lat, time.perf_counter() - t0, annotated
+
+
+def _webhook(cmd: str, env: dict[str, str]) -> None:
+    res = subprocess.run(
+        ["bash", str(WEBHOOK_SH), cmd],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=180,
+        check=False,
+    )
+    if res.returncode != 0:
+        raise RuntimeError(f"hack/webhook.sh {cmd} failed: {res.stderr[-1500:]}")
+
+
+def _admission_seconds(metrics_port: int) -> dict[str, tuple[float, float]]:
+    """endpoint -> (sum, count) of streamgate_admission_duration_seconds."""
+    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    out: dict[str, list[float]] = {}
+    for m in re.finditer(
+        r'^streamgate_admission_duration_seconds_(sum|count)\{endpoint="(\w+)"\} (\S+)$',
+        text,
+        re.M,
+    ):
+        out.setdefault(m[2], [0.0, 0.0])[0 if m[1] == "sum" else 1] = float(m[3])
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def run(ctx: Ctx) -> dict[str, Any]:
+    s = ctx.settings
+    if ctx.kubeconfig is None:
+        return {"error": "the local control plane (hack/cluster.sh) is not running"}
+    if ctx.olareg is None:
+        return {"error": "the local registry (hack/registries.sh) is not running"}
+    if "STREAMGATE_ONLY_LABEL" not in WEBHOOK_SH.read_text():
+        # Without it the bench's webhook would judge every namespace of a shared cluster.
+        return {"skipped": "hack/webhook.sh cannot limit the webhook to labelled namespaces"}
+    seed_demo(ctx.olareg.host, DEMO_NAMESPACE)
+    images = [f"{ctx.olareg.host}/{DEMO_NAMESPACE}/{n}:v1" for n in DEMO_IMAGES] + [PUBLIC_IMAGE]
+    runid = uuid.uuid4().hex[:8]
+    on_ns, off_ns = f"sgbench-on-{runid}", f"sgbench-off-{runid}"
+    policy = ctx.work / "policy-apiserver.yaml"
+    policy.write_text(policy_yaml([ctx.olareg.host]))
+    metrics_port = free_port()
+    env = {
+        "STREAMGATE_WEBHOOK_DIR": str(ctx.work / "webhook"),
+        "STREAMGATE_WEBHOOK_PORT": str(free_port()),
+        "STREAMGATE_METRICS_PORT": str(metrics_port),
+        "STREAMGATE_RELEASE": f"sgbench-{runid}",
+        "STREAMGATE_ONLY_LABEL": f"{LABEL}={runid}",
+        "STREAMGATE_POLICY": str(policy),
+    }
+    api = Api(ctx.kubeconfig, ctx.work)
+    per_round = max(1, s.api_pods // s.api_rounds)
+
+    async def main() -> dict[str, Any]:
+        async with api.client(s.api_concurrency) as client:
+            version = (await client.get("/version")).json().get("gitVersion", "")
+            for ns, labels in ((on_ns, {LABEL: runid}), (off_ns, {})):
+                resp = await client.post(
+                    "/api/v1/namespaces",
+                    json={
+                        "apiVersion": "v1",
+                        "kind": "Namespace",
+                        "metadata": {"name": ns, "labels": labels},
+                    },
+                )
+                resp.raise_for_status()
+            try:
+                _webhook("up", env)
+                # Until the apiserver sees the new configurations, creates pass unjudged.
+                for _ in range(100):
+                    _, _, annotated = await create_many(client, on_ns, 5, 5, images)
+                    if annotated == 5:
+                        break
+                    await asyncio.sleep(0.2)
+                else:
+                    raise RuntimeError("the webhook never annotated a pod in " + on_ns)
+                for ns in (on_ns, off_ns):  # warm-up: caches, connections
+                    await create_many(client, ns, 50, s.api_concurrency, images)
+                rounds: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+                m0 = _admission_seconds(metrics_port)
+                for r in range(s.api_rounds):
+                    order = [("on", on_ns), ("off", off_ns)]
+                    for key, ns in order if r % 2 == 0 else order[::-1]:
+                        lat, wall, annotated = await create_many(
+                            client, ns, per_round, s.api_concurrency, images
+                        )
+                        rounds[key].append(
+                            {
+                                "p50_ms": percentile(lat, 50),
+                                "p99_ms": percentile(lat, 99),
+                                "rate": per_round / wall,
+                                "annotated": annotated,
+                            }
+                        )
+                    log(
+                        f"apiserver round {r + 1}: with {rounds['on'][-1]['p99_ms']:.1f} ms p99, "
+                        f"without {rounds['off'][-1]['p99_ms']:.1f} ms p99"
+                    )
+                m1 = _admission_seconds(metrics_port)
+            finally:
+                _webhook("down", env)
+            lat, _, annotated = await create_many(
+                client, on_ns, per_round, s.api_concurrency, images
+            )
+            down = {
+                "p50_ms": percentile(lat, 50),
+                "p99_ms": percentile(lat, 99),
+                "annotated": annotated,
+            }
+            for ns in (on_ns, off_ns):
+                await client.delete(f"/api/v1/namespaces/{ns}")
+        webhook = {
+            e: round(
+                1000
+                * (m1[e][0] - m0.get(e, (0, 0))[0])
+                / max(1.0, m1[e][1] - m0.get(e, (0, 0))[1]),
+                3,
+            )
+            for e in m1
+        }
+        return {"version": version, "rounds": rounds, "down": down, "webhook_ms": webhook}
+
+    got = asyncio.run(main())
+    rounds = got["rounds"]
+    out: dict[str, Any] = {
+        "apiserver_version": got["version"],
+        "concurrency": s.api_concurrency,
+        "pods_per_round": per_round,
+        "rounds": s.api_rounds,
+        "down": got["down"],
+        "webhook_latency": ", ".join(
+            f"mean {v} ms per /{k}" for k, v in sorted(got["webhook_ms"].items())
+        ),
+    }
+    for key in ("on", "off"):
+        out[key] = {
+            k: summary([x[k] for x in rounds[key]], 2) for k in ("p50_ms", "p99_ms", "rate")
+        }
+        out[key]["annotated"] = sum(x["annotated"] for x in rounds[key])
+    for q in ("p50_ms", "p99_ms"):
+        out[f"added_{q}"] = summary(
+            [a[q] - b[q] for a, b in zip(rounds["on"], rounds["off"], strict=True)], 2
+        )
+    return out

@@ -1,0 +1,78 @@
+"""The floor to compare against: a bare ASGI app on streamgate's own server stack (uvicorn,
+h11, asyncio, the same TLS context) that only parses the AdmissionReview and echoes its uid.
+
+    python -m bench.baseline --port 29443 --cert tls.crt --key tls.key
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+import uvicorn
+
+from app.tls import server_context
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_HEADERS = [(b"content-type", b"application/json")]
+
+
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+        return
+    chunks = []
+    more = True
+    while more:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    if scope["method"] == "POST":
+        review = orjson.loads(b"".join(chunks))
+        out = orjson.dumps(
+            {
+                "apiVersion": review["apiVersion"],
+                "kind": "AdmissionReview",
+                "response": {"uid": review["request"]["uid"], "allowed": True},
+            }
+        )
+    else:
+        out = b"ok"
+    await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+    await send({"type": "http.response.body", "body": out})
+
+
+def config(host: str, port: int, cert: Path, key: Path) -> uvicorn.Config:
+    """The same settings `app.serve.build_server` gives streamgate."""
+    cfg = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+    )
+    cfg.load()
+    cfg.ssl = server_context(cert, key)
+    return cfg
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--cert", type=Path, required=True)
+    p.add_argument("--key", type=Path, required=True)
+    args = p.parse_args()
+    uvicorn.Server(config(args.host, args.port, args.cert, args.key)).run()
+
+
+if __name__ == "__main__":
+    main()
