@@ -77,6 +77,9 @@ class Admission:
     namespaces: NamespaceModes = field(default_factory=NoNamespaceLabels)
     lookup_deadline: float = DEFAULT_LOOKUP_DEADLINE
     observer: AdmissionObserver = field(default_factory=NoObserver)
+    # Called after each /validate decision, on the event loop (Kubernetes Events use it): it
+    # must only hand the decision on (enqueue) and return at once; it never changes the answer.
+    on_decision: Callable[[AdmissionRequest, Decision], None] | None = None
     _background: set[asyncio.Task[ImageVerdict]] = field(default_factory=set, repr=False)
 
     def mode_for(self, namespace: str, policy: Policy) -> Mode:
@@ -146,6 +149,11 @@ class Admission:
         if endpoint == "validate":
             for report in decision.reports:
                 self.observer.on_verdict(report.verdict.verdict.value)
+            if self.on_decision is not None:
+                try:
+                    self.on_decision(req, decision)
+                except Exception:
+                    logger.exception("uid=%s decision hook failed; answer unchanged", req.uid)
         _log_decision(req, endpoint, decision, outcome, took)
         if endpoint == "mutate":
             return AdmissionAnswer(allowed=True, patch=tuple(_patch(req, decision, wl)))

@@ -1,4 +1,5 @@
-"""The `streamgate` command: serve the webhook, check manifests offline, issue local certs."""
+"""The `streamgate` command: serve the webhook, check manifests offline, audit a cluster
+(scan), explain one image's verdict, list node pools, issue local certs."""
 
 from __future__ import annotations
 
@@ -7,10 +8,15 @@ import asyncio
 import base64
 import sys
 from pathlib import Path
+from typing import Any
 
 from app import __version__
 from app.certs import ManagedCertSettings
 from app.check import ManifestError, Result, check, read_manifests, to_json, to_table
+from app.events import DEFAULT_INTERVAL
+from app.explain import ExplainError, Explanation, explain
+from app.explain import to_json as explain_json
+from app.explain import to_text as explain_text
 from app.logs import FORMATS
 from app.logs import configure as configure_logging
 from app.nodes.placement import PlacementIndex
@@ -18,6 +24,19 @@ from app.nodes.watcher import NodeWatcher
 from app.policy import Mode, Policy, PolicyError, load_policy
 from app.poolreport import inventory_from_file, pool_table
 from app.registry.source import RegistryVerdictSource
+from app.scan import (
+    RENDERERS,
+    KubeReader,
+    Progress,
+    Report,
+    ScanError,
+    ScanVerdicts,
+    StaticModes,
+    kube_api,
+    read_cluster,
+    scan,
+    scan_registry_config,
+)
 from app.serve import ServeSettings, build_admission, run_webhook
 from app.tls import issue_self_signed
 from app.verdicts import OfflineVerdicts, VerdictSource
@@ -53,7 +72,12 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_host=args.metrics_host or args.host,
         metrics_port=args.metrics_port,
         policy_reload_interval=args.policy_reload_interval,
+        events=args.events,
+        event_interval=args.event_interval,
     )
+    if settings.events and not settings.kube:
+        print("streamgate serve: --events needs --kubeconfig", file=sys.stderr)
+        return EXIT_USAGE
     load_policy(settings.policy_path)  # refuse a bad policy before anything starts
     asyncio.run(run_webhook(settings))
     return EXIT_OK
@@ -98,6 +122,75 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_DENIED if any(r.denied for r in results) else EXIT_OK
 
 
+def _namespaces(values: list[str] | None) -> list[str]:
+    out: list[str] = []
+    for value in values or ():
+        out.extend(n.strip() for n in value.split(",") if n.strip())
+    return list(dict.fromkeys(out))
+
+
+def _scan(args: argparse.Namespace) -> int:
+    policy = load_policy(args.policy)
+    progress = Progress(enabled=not args.quiet)
+    reader = KubeReader(kube_api(args.kubeconfig))
+    snapshot = read_cluster(
+        reader, policy, namespaces=_namespaces(args.namespace), progress=progress
+    )
+
+    async def run() -> Report:
+        source = RegistryVerdictSource(
+            scan_registry_config(policy.registry), acr_hosts=policy.is_acr
+        )
+        verdicts = ScanVerdicts(
+            source,
+            concurrency=args.concurrency,
+            on_wait=lambda registry, seconds: progress.note(
+                f"{registry} is rate-limiting or failing: waiting {seconds:.0f}s"
+            ),
+        )
+        admission = build_admission(
+            ServeSettings(policy_path=args.policy),
+            verdicts=verdicts,
+            placement=snapshot.placement,
+            namespaces=StaticModes(snapshot.modes),
+            policy=policy,
+        )
+        admission.lookup_deadline = 3600.0  # every image is looked up before judging
+        try:
+            return await scan(snapshot, admission, verdicts, progress=progress)
+        finally:
+            await source.aclose()
+
+    report = asyncio.run(run())
+    print(RENDERERS[args.output](report))
+    return EXIT_OK
+
+
+def _explain(args: argparse.Namespace) -> int:
+    policy = load_policy(args.policy)
+    placement = None
+    mode = None
+    if args.kubeconfig:
+        reader = KubeReader(kube_api(args.kubeconfig))
+        snapshot = read_cluster(reader, policy, namespaces=[args.namespace])
+        for note in snapshot.notes:
+            print(f"streamgate: {note}", file=sys.stderr)
+        placement = snapshot.placement
+        mode = snapshot.modes.get(args.namespace)
+    mode = mode or policy.namespace_modes.get(args.namespace) or policy.mode
+
+    async def run() -> Explanation:
+        return await explain(args.image, policy, placement=placement, mode=mode)
+
+    try:
+        out = asyncio.run(run())
+    except ExplainError as err:
+        print(f"streamgate explain: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    print(explain_json(out) if args.output == "json" else explain_text(out))
+    return EXIT_OK
+
+
 def _pools(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy)
     if args.nodes:
@@ -124,6 +217,55 @@ def _certs(args: argparse.Namespace) -> int:
     print(f"ca: {files.ca}\ncert: {files.cert}\nkey: {files.key}")
     print("caBundle: " + base64.b64encode(files.ca.read_bytes()).decode())
     return EXIT_OK
+
+
+def _add_scan(sub: Any) -> None:
+    a = sub.add_parser(
+        "scan",
+        help="audit the workloads in a cluster: which can stream, which can't, and why",
+    )
+    a.add_argument(
+        "--kubeconfig",
+        metavar="PATH|in-cluster",
+        help="default: $KUBECONFIG or ~/.kube/config",
+    )
+    a.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        metavar="NS",
+        help="only these namespaces (repeatable, or comma-separated; default: all)",
+    )
+    a.add_argument("--policy", type=Path, help="policy YAML (default: built-in defaults)")
+    a.add_argument("-o", "--output", choices=list(RENDERERS), default="table")
+    a.add_argument(
+        "--concurrency",
+        type=int,
+        default=4,
+        metavar="N",
+        help="registry look-ups at once, per registry (default %(default)s)",
+    )
+    a.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    a.set_defaults(func=_scan)
+
+
+def _add_explain(sub: Any) -> None:
+    e = sub.add_parser("explain", help="show every step of one image's streaming verdict")
+    e.add_argument("image", help="an image reference, as written in a pod spec")
+    e.add_argument("--policy", type=Path, help="policy YAML (default: built-in defaults)")
+    e.add_argument(
+        "--kubeconfig",
+        metavar="PATH|in-cluster",
+        help="also judge the cluster's node pools and the namespace's mode",
+    )
+    e.add_argument(
+        "-n",
+        "--namespace",
+        default="default",
+        help="namespace whose mode applies (default: default)",
+    )
+    e.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    e.set_defaults(func=_explain)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -154,6 +296,19 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=5.0,
         help="seconds between checks of the policy file for changes",
+    )
+    s.add_argument(
+        "--events",
+        action="store_true",
+        help="post a Kubernetes Event on objects streamgate warns about or denies "
+        "(needs --kubeconfig and RBAC to create/patch events)",
+    )
+    s.add_argument(
+        "--event-interval",
+        type=float,
+        default=DEFAULT_INTERVAL,
+        metavar="SECONDS",
+        help="at most one Event per object and reason this often (default %(default)s)",
     )
     m = s.add_argument_group("self-managed certificates (in a cluster)")
     m.add_argument(
@@ -201,6 +356,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", choices=["table", "json"], default="table")
     c.set_defaults(func=_check)
 
+    _add_scan(sub)
+    _add_explain(sub)
+
     n = sub.add_parser("pools", help="list node pools and whether each can stream")
     n.add_argument("--kubeconfig", help="default: ~/.kube/config or $KUBECONFIG")
     n.add_argument(
@@ -227,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(getattr(args, "log_level", "warning"), getattr(args, "log_format", "text"))
     try:
         code: int = args.func(args)
-    except (PolicyError, ManifestError) as err:
+    except (PolicyError, ManifestError, ScanError) as err:
         print(f"streamgate: {err}", file=sys.stderr)
         return EXIT_USAGE
     return code

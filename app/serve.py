@@ -21,6 +21,7 @@ from app.admission import (
     NoObserver,
 )
 from app.certs import CertificateKeeper, ManagedCertSettings, manage_certificates
+from app.events import DEFAULT_INTERVAL, EventRecorder, KubeEventsApi
 from app.metrics import Metrics, serve_metrics
 from app.namespaces import NamespaceLabels
 from app.nodes.watcher import NodeWatcher, api_client_from_config
@@ -59,6 +60,10 @@ class ServeSettings:
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 0
     policy_reload_interval: float = 5.0
+    # Kubernetes Events on warned and denied objects (needs `kube`); at most one per object and
+    # reason every `event_interval` seconds (app/events.py).
+    events: bool = False
+    event_interval: float = DEFAULT_INTERVAL
 
 
 class _PolicyHolder:
@@ -225,6 +230,8 @@ async def run_webhook(settings: ServeSettings) -> None:
     policy reload, TLS server. Returns when the server stops."""
     policy = load_policy(settings.policy_path)
     metrics = Metrics()
+    if settings.events and not settings.kube:
+        raise SystemExit("streamgate serve: --events needs --kubeconfig (a path or in-cluster)")
     watches = Watches(settings.kube, policy) if settings.kube else None
     source = RegistryVerdictSource(policy.registry, acr_hosts=policy.is_acr, observer=metrics)
     metrics.watch(
@@ -245,6 +252,20 @@ async def run_webhook(settings: ServeSettings) -> None:
         policy=policy,
         observer=metrics,
     )
+    recorder = None
+    if settings.events and settings.kube:
+        kube = settings.kube
+        recorder = EventRecorder(
+            KubeEventsApi(api_client_from_config(None if kube == IN_CLUSTER else kube)),
+            interval=settings.event_interval,
+            on_result=metrics.on_event,
+        )
+        admission.on_decision = recorder.record
+        recorder.start()
+        logger.info(
+            "kubernetes events on: at most one per object and reason every %gs",
+            settings.event_interval,
+        )
     background: list[Callable[[], Coroutine[Any, Any, None]]] = []
     if settings.policy_path is not None:
         assert isinstance(admission.policy, _PolicyHolder)
@@ -276,6 +297,8 @@ async def run_webhook(settings: ServeSettings) -> None:
     finally:
         if watches:
             watches.stop()
+        if recorder is not None:
+            recorder.stop()
         if metrics_server is not None:
             metrics_server.shutdown()
         await source.aclose()

@@ -144,6 +144,7 @@ MODES = {
     "everything-on": {
         "networkPolicy": {"enabled": True},
         "serviceMonitor": {"enabled": True},
+        "events": {"enabled": True, "intervalSeconds": 600},
         "workloadIdentity": {"clientId": "00000000-0000-0000-0000-000000000001"},
         "podAntiAffinity": {"type": "hard"},
         "webhook": {"failurePolicy": "Fail", "timeoutSeconds": 10},
@@ -479,6 +480,20 @@ def test_rbac_without_self_managed_certificates_is_read_only(values):
         assert verbs == ("get", "list", "watch")
 
 
+def test_events_off_by_default_and_on_with_their_rbac_rule(default):
+    args = _parse_serve_args(default)
+    assert args.events is False
+    assert all(res != "events" for _, res, _, _ in _rules(one(default, "ClusterRole")))
+    docs = render({"events": {"enabled": True, "intervalSeconds": 120}})
+    args = _parse_serve_args(docs)
+    assert args.events is True and args.event_interval == 120.0
+    assert args.kubeconfig == "in-cluster"
+    rules = _rules(one(docs, "ClusterRole"))
+    assert ("", "events", ("create", "patch"), ()) in rules
+    # nothing else was added: events are the only write beyond the certificate rules
+    assert len(rules) == len(_rules(one(default, "ClusterRole"))) + 1
+
+
 # ---- policy -----------------------------------------------------------------------------
 
 
@@ -572,6 +587,7 @@ BAD = {
         "'self-managed', 'cert-manager', 'provided'",
     ),
     "typo": ({"replicass": 3}, "'replicass' not allowed"),
+    "event-interval-0": ({"events": {"enabled": True, "intervalSeconds": 0}}, "/events"),
     "http-url": ({"webhook": {"url": "http://127.0.0.1:9443", "caBundle": CA_B64}}, "/webhook/url"),
     "url-without-ca": (
         {"webhook": {"url": "https://127.0.0.1:9443"}, "deployment": {"enabled": False}},
