@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from app.tls import CertFiles, issue_self_signed
-from bench.common import HOST, PYTHON, Proc
+from bench.common import HOST, PYTHON, ROOT, Proc
 from bench.registry import Olareg
 
 
@@ -15,7 +15,7 @@ from bench.registry import Olareg
 class Settings:
     quick: bool = False  # one short iteration (make test)
     runs: int = 5  # repeats of each headline figure
-    seconds: float = 5.0  # one wrk run
+    seconds: float = 4.0  # one wrk run
     sweep_fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
     sweep_runs: int = 2
     connections: int = 8
@@ -30,6 +30,7 @@ class Settings:
     scale_nodes: int = 5000
     scale_pools: int = 100
     worker_trials: int = 14
+    app_root: Path | None = None  # another checkout's `app` for the servers (before/after)
 
     @classmethod
     def smoke(cls) -> Settings:
@@ -85,7 +86,12 @@ class Ctx:
             args += ["--metrics-port", str(metrics_port)]
         if kubeconfig:
             args += ["--kubeconfig", kubeconfig]
-        return Proc(name, [*args, *extra], self.work / "logs" / f"{name}.log")
+        return Proc(name, [*args, *extra], self.work / "logs" / f"{name}.log", env=self.app_env())
+
+    def app_env(self) -> dict[str, str]:
+        """PYTHONPATH for a server: `--app-root`'s `app` first, then this checkout (bench)."""
+        root = self.settings.app_root
+        return {"PYTHONPATH": f"{root}:{ROOT}"} if root else {}
 
     def baseline(self, name: str, port: int) -> Proc:
         args = [PYTHON, "-m", "bench.baseline", "--host", HOST, "--port", str(port)]

@@ -72,7 +72,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, help="scratch directory (default: a temporary one)")
     p.add_argument("--runs", type=int, help="repeats of each headline figure")
     p.add_argument("--no-start", action="store_true", help="use registries/cluster only if up")
+    p.add_argument(
+        "--app-root",
+        type=Path,
+        help="run the servers with the `app` package of another checkout (before/after)",
+    )
+    p.add_argument(
+        "--sweep",
+        help="offered-load fractions of saturation besides 0.5, comma-separated ('' for none)",
+    )
+    p.add_argument(
+        "--report-only", action="store_true", help="rewrite the .md and .png from the .json"
+    )
     args = p.parse_args(argv)
+    if args.report_only:
+        report.write(json.loads((args.out / "benchmarks.json").read_text()), args.out)
+        return 0
     settings = Settings.smoke() if args.smoke else Settings()
     if args.runs:
         settings.runs = args.runs
@@ -80,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         p.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    if args.sweep is not None:
+        settings.sweep_fractions = tuple(float(f) for f in args.sweep.split(",") if f)
+    if args.app_root:
+        settings.app_root = args.app_root.resolve()
     ensure_wrk()
     start = not (args.no_start or args.smoke)
     work = args.work or Path(tempfile.mkdtemp(prefix="streamgate-bench-"))
@@ -95,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         "git": _git(),
         "machine": machine(),
         "smoke": args.smoke,
+        "app_root": str(settings.app_root) if settings.app_root else None,
         "load_before": loadavg(),
         "sections": {},
     }

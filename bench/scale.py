@@ -25,7 +25,7 @@ def harness(ctx: Ctx, name: str, port: int, policy: str, extra: list[str]) -> Pr
         policy,
         *extra,
     ]
-    return Proc(name, args, ctx.work / "logs" / f"{name}.log")
+    return Proc(name, args, ctx.work / "logs" / f"{name}.log", env=ctx.app_env())
 
 
 def _setup_seconds(proc: Proc) -> float:
