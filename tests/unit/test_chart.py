@@ -354,10 +354,14 @@ def test_probes_https_on_readyz_and_healthz(default):
     c = container(default)
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "https", "scheme": "HTTPS"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "https", "scheme": "HTTPS"}
-    assert c["ports"] == [{"name": "https", "containerPort": 8443, "protocol": "TCP"}]
+    assert c["ports"] == [
+        {"name": "https", "containerPort": 8443, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
+    ]
     svc = one(default, "Service")
     assert svc["spec"]["ports"] == [
-        {"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"}
+        {"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"},
+        {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"},
     ]
 
 
@@ -629,13 +633,16 @@ def test_lint_refuses_bad_values_too():
 def test_network_policy_and_service_monitor():
     docs = render(MODES["everything-on"])
     netpol = one(docs, "NetworkPolicy")
-    assert netpol["spec"]["ingress"] == [{"ports": [{"port": "https", "protocol": "TCP"}]}]
+    assert netpol["spec"]["ingress"] == [
+        {"ports": [{"port": "https", "protocol": "TCP"}]},
+        {"ports": [{"port": "metrics", "protocol": "TCP"}]},
+    ]
     egress_ports = {p["port"] for rule in netpol["spec"]["egress"] for p in rule["ports"]}
     assert egress_ports == {53, 443}
     monitor = one(docs, "ServiceMonitor")
     (endpoint,) = monitor["spec"]["endpoints"]
-    assert endpoint["scheme"] == "https" and endpoint["path"] == "/metrics"
-    assert endpoint["tlsConfig"]["serverName"] == f"{FULLNAME}.{NAMESPACE}.svc"
+    # /metrics is plain HTTP on its own port: the webhook port serves only admission.
+    assert endpoint == {"port": "metrics", "path": "/metrics", "scheme": "http", "interval": "30s"}
 
 
 def test_values_schema_covers_every_value():
@@ -705,3 +712,39 @@ def test_dockerfile():
         if line and line[0] != "#"
     ]
     assert ignored[0] == "*" and {"!pyproject.toml", "!app/", "!README.md"} <= set(ignored)
+
+
+# ---- metrics ----------------------------------------------------------------------------
+
+
+def test_metrics_port_is_served_exposed_and_scraped_over_http():
+    docs = render({"serviceMonitor": {"enabled": True}, "networkPolicy": {"enabled": True}})
+    by_kind = {d["kind"]: d for d in docs}
+    container = by_kind["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert "--metrics-port=9090" in container["args"]
+    assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in container["ports"]
+    assert {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"} in (
+        by_kind["Service"]["spec"]["ports"]
+    )
+    endpoint = by_kind["ServiceMonitor"]["spec"]["endpoints"][0]
+    assert (endpoint["port"], endpoint["scheme"], endpoint["path"]) == (
+        "metrics",
+        "http",
+        "/metrics",
+    )
+    ingress_ports = [
+        p["port"] for rule in by_kind["NetworkPolicy"]["spec"]["ingress"] for p in rule["ports"]
+    ]
+    assert ingress_ports == ["https", "metrics"]
+    args = _parse_serve_args(docs)
+    assert args.metrics_port == 9090
+
+
+def test_metrics_can_be_turned_off():
+    docs = render({"metrics": {"enabled": False}, "serviceMonitor": {"enabled": True}})
+    kinds = [d["kind"] for d in docs]
+    assert "ServiceMonitor" not in kinds
+    container = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    assert not any(a.startswith("--metrics-port") for a in container["args"])
