@@ -244,6 +244,12 @@ async def run_webhook(settings: ServeSettings) -> None:
             for event in ("hits", "misses", "stale", "evictions")
         ],
     )
+    metrics.watch(
+        "streamgate_cache_entries",
+        "Entries held per registry cache",
+        ("cache",),
+        lambda: [({"cache": name}, float(size)) for name, size in source.cache_sizes().items()],
+    )
     admission = build_admission(
         settings,
         verdicts=source,

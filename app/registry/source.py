@@ -17,11 +17,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import httpx
 
 from app.images import ImageRef, is_acr_host
-from app.registry.cache import CacheStats
+from app.registry.cache import CacheStats, TtlCache
 from app.registry.config import RegistryConfig
 from app.registry.credentials import AadTokenProvider
 from app.registry.errors import RegistryError, RegistryTimeout
@@ -114,9 +115,15 @@ class RegistryVerdictSource:
             raise RegistryTimeout(ref.registry, "look-up ran past background_seconds") from err
 
     def cache_stats(self) -> dict[str, CacheStats]:
+        return {c.name: c.stats for c in self._caches()}
+
+    def cache_sizes(self) -> dict[str, int]:
+        """Entries held per cache (each bounded by `cache.maxEntries`)."""
+        return {c.name: len(c) for c in self._caches()}
+
+    def _caches(self) -> tuple[TtlCache[Any, Any], ...]:
         lookup = self._lookup
-        caches = (lookup.tags, lookup.manifests, lookup.artifacts, lookup.conversions)
-        return {c.name: c.stats for c in caches}
+        return (lookup.tags, lookup.manifests, lookup.artifacts, lookup.conversions)
 
     async def aclose(self) -> None:
         """Cancel look-ups still running in the background and close every connection."""

@@ -67,6 +67,7 @@ def test_metrics_count_real_admissions(webhook, kubectl):
     # The registry was asked at least once (referrers), and the cache answered later asks.
     assert value(after, "streamgate_registry_requests_total", registry=REGISTRY) > 0
     assert value(after, "streamgate_cache_lookups", event="hits") > 0
+    assert 1 <= value(after, "streamgate_cache_entries", cache="tags") <= 10000  # bounded LRU
     # Node pools by streaming ability, from the live inventory (2 AKS-style pools stream...).
     assert value(after, "streamgate_node_pools", streaming="yes") >= 2
     assert value(after, "streamgate_node_pools", streaming="no") >= 7
