@@ -1,12 +1,14 @@
 """One HTTP exchange with a size bound, mapped onto `RegistryError`s.
 
 `send_bounded` streams the body and stops reading past `limit` bytes (decoded), so a huge or
-endless answer costs bounded memory; it never follows redirects (the transport decides) and
-turns every httpx failure into `RegistryTimeout`, `RegistryUnavailable` or `BadResponse`.
+endless answer costs bounded memory; it gives one exchange at most connect + request timeout
+in all, so a slow drip costs bounded time; it never follows redirects (the transport decides)
+and turns every httpx failure into `RegistryTimeout`, `RegistryUnavailable` or `BadResponse`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -49,6 +51,16 @@ class WireResponse:
         return doc
 
 
+def exchange_budget(client: httpx.AsyncClient) -> float | None:
+    """The most one exchange may take, however its bytes arrive: connecting plus one request
+    timeout. httpx's timeouts bound each read, so an answer that drips a byte at a time would
+    otherwise hold its connection until the whole look-up is given up."""
+    timeout = client.timeout
+    if timeout.read is None:
+        return None
+    return (timeout.connect or 0.0) + timeout.read
+
+
 async def send_bounded(
     client: httpx.AsyncClient,
     request: httpx.Request,
@@ -60,29 +72,43 @@ async def send_bounded(
 ) -> WireResponse:
     started = time.monotonic()
     status = "error"
+    budget = exchange_budget(client)
     try:
         try:
-            response = await client.send(request, stream=True, follow_redirects=False)
-        except httpx.TimeoutException as err:
+            async with asyncio.timeout(budget):
+                try:
+                    response = await client.send(request, stream=True, follow_redirects=False)
+                except httpx.TimeoutException as err:
+                    status = "timeout"
+                    raise RegistryTimeout(registry, f"{endpoint}: {type(err).__name__}") from err
+                except httpx.HTTPError as err:
+                    raise RegistryUnavailable(
+                        registry, f"{endpoint}: {type(err).__name__}"
+                    ) from err
+                status = str(response.status_code)
+                try:
+                    body = await _read(response, registry=registry, endpoint=endpoint, limit=limit)
+                except BadResponse:
+                    status = "too-large"
+                    raise
+                except httpx.TimeoutException as err:
+                    status = "timeout"
+                    raise RegistryTimeout(
+                        registry, f"{endpoint} body: {type(err).__name__}"
+                    ) from err
+                except httpx.HTTPError as err:
+                    status = "error"
+                    raise RegistryUnavailable(
+                        registry, f"{endpoint} body: {type(err).__name__}"
+                    ) from err
+                finally:
+                    await response.aclose()
+                return WireResponse(response.status_code, response.headers, body, response.url)
+        except TimeoutError as err:
             status = "timeout"
-            raise RegistryTimeout(registry, f"{endpoint}: {type(err).__name__}") from err
-        except httpx.HTTPError as err:
-            raise RegistryUnavailable(registry, f"{endpoint}: {type(err).__name__}") from err
-        status = str(response.status_code)
-        try:
-            body = await _read(response, registry=registry, endpoint=endpoint, limit=limit)
-        except BadResponse:
-            status = "too-large"
-            raise
-        except httpx.TimeoutException as err:
-            status = "timeout"
-            raise RegistryTimeout(registry, f"{endpoint} body: {type(err).__name__}") from err
-        except httpx.HTTPError as err:
-            status = "error"
-            raise RegistryUnavailable(registry, f"{endpoint} body: {type(err).__name__}") from err
-        finally:
-            await response.aclose()
-        return WireResponse(response.status_code, response.headers, body, response.url)
+            raise RegistryTimeout(
+                registry, f"{endpoint}: no complete answer within {budget:g}s"
+            ) from err
     finally:
         elapsed = time.monotonic() - started
         observer.on_request(registry=registry, endpoint=endpoint, status=status, seconds=elapsed)
