@@ -74,8 +74,14 @@ def not_streamable(label: str, ref: ImageRef, reason: str) -> str:
 
 
 def unknown(label: str, ref: ImageRef, reason: str, *, denied: bool) -> str:
+    """The outcome stays readable: a long reason is shortened before it."""
     outcome = "denied (onError: deny)" if denied else "allowed"
-    return fit(f"{label}: {display(ref, 48)} not checked: {reason or 'unknown'}; {outcome}")
+    head = " ".join(f"{label}: {display(ref, 48)} not checked:".split())
+    room = MAX_WARNING - len(head) - len(outcome) - 3
+    why = " ".join((reason or "unknown").split())
+    if len(why) > room > 8:
+        why = why[: room - 1] + _ELLIPSIS
+    return fit(f"{head} {why}; {outcome}")
 
 
 def digest_pinned(label: str, ref: ImageRef) -> str:
