@@ -123,6 +123,7 @@ class Proc:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     pass_fds: tuple[int, ...] = ()
+    cwd: Path = ROOT  # `python -m` puts it first on sys.path
     popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Proc:
@@ -131,7 +132,7 @@ class Proc:
         env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
         self.popen = subprocess.Popen(
             self.args,
-            cwd=ROOT,
+            cwd=self.cwd,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -86,7 +86,13 @@ class Ctx:
             args += ["--metrics-port", str(metrics_port)]
         if kubeconfig:
             args += ["--kubeconfig", kubeconfig]
-        return Proc(name, [*args, *extra], self.work / "logs" / f"{name}.log", env=self.app_env())
+        return Proc(
+            name,
+            [*args, *extra],
+            self.work / "logs" / f"{name}.log",
+            env=self.app_env(),
+            cwd=self.settings.app_root or ROOT,
+        )
 
     def app_env(self) -> dict[str, str]:
         """PYTHONPATH for a server: `--app-root`'s `app` first, then this checkout (bench)."""

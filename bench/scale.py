@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.common import HOST, PYTHON, Proc, free_port, log, rss_mib, running, summary
+from bench.common import HOST, PYTHON, ROOT, Proc, free_port, log, rss_mib, running, summary
 from bench.context import Ctx, policy_yaml
 from bench.load import wrk
 from bench.warm import check_answers, prepare_reviews
@@ -25,7 +25,13 @@ def harness(ctx: Ctx, name: str, port: int, policy: str, extra: list[str]) -> Pr
         policy,
         *extra,
     ]
-    return Proc(name, args, ctx.work / "logs" / f"{name}.log", env=ctx.app_env())
+    return Proc(
+        name,
+        args,
+        ctx.work / "logs" / f"{name}.log",
+        env=ctx.app_env(),
+        cwd=ctx.settings.app_root or ROOT,
+    )
 
 
 def _setup_seconds(proc: Proc) -> float:
