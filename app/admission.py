@@ -90,11 +90,18 @@ class Admission:
     async def lookup(self, refs: Iterable[ImageRef]) -> dict[ImageRef, ImageVerdict]:
         """Verdicts for `refs`, within the deadline. Look-ups still running at the deadline go
         on in the background (they warm the cache) and count as unknown now."""
-        tasks = {ref: asyncio.ensure_future(self.verdicts.verdict(ref)) for ref in refs}
-        if not tasks:
-            return {}
-        _, pending = await asyncio.wait(tasks.values(), timeout=self.lookup_deadline)
         out: dict[ImageRef, ImageVerdict] = {}
+        missing = []
+        for ref in refs:
+            known = self.verdicts.cached(ref)
+            if known is None:
+                missing.append(ref)
+            else:
+                out[ref] = known
+        if not missing:  # the warm path: no task, no timer
+            return out
+        tasks = {ref: asyncio.ensure_future(self.verdicts.verdict(ref)) for ref in missing}
+        _, pending = await asyncio.wait(tasks.values(), timeout=self.lookup_deadline)
         for ref, task in tasks.items():
             if task in pending:
                 self._background.add(task)

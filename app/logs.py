@@ -62,3 +62,6 @@ def configure(level: str = "info", fmt: str = "text") -> None:
         uv = logging.getLogger(name)
         uv.handlers[:] = []
         uv.propagate = True
+    # httpx logs every request at info; the registry client reports what matters itself.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -462,6 +462,9 @@ class ScanVerdicts:
             await self._sleep(wait)
         return verdict
 
+    def cached(self, ref: ImageRef) -> ImageVerdict | None:
+        return None  # a scan asks each image once, through `verdict`'s limits
+
     async def verdict(self, ref: ImageRef) -> ImageVerdict:
         task = self._flights.get(ref)
         if task is None:

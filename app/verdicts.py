@@ -41,7 +41,12 @@ class ImageVerdict:
 
 
 class VerdictSource(Protocol):
-    """Finds out whether an ACR image has a streaming artifact. Must not raise."""
+    """Finds out whether an ACR image has a streaming artifact. Must not raise.
+
+    `cached` answers at once from what the source already knows (None: not known, ask
+    `verdict`), so the admission hot path makes no task for images it has seen."""
+
+    def cached(self, ref: ImageRef) -> ImageVerdict | None: ...
 
     async def verdict(self, ref: ImageRef) -> ImageVerdict: ...
 
@@ -52,5 +57,11 @@ NOT_ACR = ImageVerdict(Verdict.NOT_ACR)
 class OfflineVerdicts:
     """The source for `check --offline`: no registry is asked, every ACR image is unknown."""
 
+    def cached(self, ref: ImageRef) -> ImageVerdict | None:
+        return OFFLINE
+
     async def verdict(self, ref: ImageRef) -> ImageVerdict:
-        return ImageVerdict(Verdict.UNKNOWN, "offline, registry not asked")
+        return OFFLINE
+
+
+OFFLINE = ImageVerdict(Verdict.UNKNOWN, "offline, registry not asked")

@@ -12,11 +12,19 @@ from app.verdicts import ImageVerdict, Verdict
 class MemoryVerdicts:
     """Answers from a dict keyed by the image as written (streamable when absent)."""
 
-    def __init__(self, answers=None, delay=0.0, fail=False):
+    def __init__(self, answers=None, delay=0.0, fail=False, instant=False):
+        self.instant = instant
         self.answers = answers or {}
         self.delay = delay
         self.fail = fail
         self.calls: list[str] = []
+
+    def cached(self, ref: ImageRef) -> ImageVerdict | None:
+        """Known answers at once when `instant`; else every look-up goes the async way."""
+        if self.instant and ref.raw in self.answers:
+            self.calls.append(ref.raw)
+            return self.answers[ref.raw]
+        return None
 
     async def verdict(self, ref: ImageRef) -> ImageVerdict:
         self.calls.append(ref.raw)

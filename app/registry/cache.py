@@ -79,6 +79,17 @@ class TtlCache(Generic[K, V]):
             return entry.value
         return None
 
+    def hit(self, key: K) -> V | None:
+        """The fresh value for `key`, counted as a hit and kept recent; None otherwise, counted
+        as nothing (the look-up that follows counts its own miss)."""
+        entry = self._entries.get(key)
+        if entry is None or entry.expires_at <= self._clock():
+            return None
+        self._entries.move_to_end(key)
+        self.stats.hits += 1
+        self._observer.on_cache(cache=self.name, event="hit")
+        return entry.value
+
     def put(self, key: K, value: V, ttl: float) -> None:
         if ttl <= 0:
             return

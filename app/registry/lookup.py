@@ -143,6 +143,35 @@ class Lookup:
             conversion = self.conversions.get(key, allow_stale=True) or STATUS_UNKNOWN
         return LookupResult(digest, manifest, None, searches, conversion)
 
+    def fresh(self, ref: ImageRef) -> LookupResult | None:
+        """The answer fresh cache entries give, without a task or a wait: the admission hot
+        path asks this first. None when any piece is missing or expired."""
+        registry, repo = ref.registry.lower(), ref.repository
+        digest = ref.digest or self.tags.hit((registry, repo, ref.tag or "latest"))
+        if digest is None:
+            return None
+        manifest = self.manifests.hit((registry, repo, digest))
+        if manifest is None:
+            return None
+        subjects = [digest]
+        if manifest.platform_digest is not None:
+            subjects.append(manifest.platform_digest)
+        searches = []
+        for subject in subjects:
+            search = self.artifacts.hit((registry, repo, subject))
+            if search is None:
+                return None
+            searches.append(search)
+        artifacts = [s.artifact for s in reversed(searches) if s.artifact is not None]
+        if artifacts:
+            return LookupResult(digest, manifest, artifacts[0], tuple(searches))
+        conversion = None
+        if self._pool.is_acr(registry):
+            conversion = self.conversions.hit((registry, repo, digest))
+            if conversion is None:
+                return None
+        return LookupResult(digest, manifest, None, tuple(searches), conversion)
+
     async def _tag_digest(self, transport: RegistryTransport, ref: ImageRef) -> str:
         assert ref.tag is not None
         repo = ref.repository

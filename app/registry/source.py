@@ -75,6 +75,17 @@ class RegistryVerdictSource:
         self._flights: SingleFlight[_Key, LookupResult] = SingleFlight()
         self._platform = self.config.wanted_platform
 
+    def cached(self, ref: ImageRef) -> ImageVerdict | None:
+        """The verdict fresh cache entries give, at once; None means: ask `verdict`."""
+        result = self._lookup.fresh(ref)
+        if result is None:
+            return None
+        verdict = verdict_for(ref, result, platform=self._platform)
+        self._observer.on_lookup(
+            registry=ref.registry, verdict=verdict.verdict.value, seconds=0.0, timed_out=False
+        )
+        return verdict
+
     async def verdict(self, ref: ImageRef) -> ImageVerdict:
         started = time.monotonic()
         key = (ref.registry, ref.repository, ref.digest or ref.tag or "latest")

@@ -187,3 +187,14 @@ async def test_mutate_leaves_subresource_updates_alone():
         request(new, op="UPDATE", old=old, sub="ephemeralcontainers"), "mutate"
     )
     assert answer.patch == ()
+
+
+async def test_known_verdicts_are_answered_without_a_task():
+    img = f"{ACR}/known:1"
+    source = MemoryVerdicts({img: ImageVerdict(Verdict.NOT_STREAMABLE)}, instant=True)
+    adm = admission(source, mode="enforce")
+    before = len(asyncio.all_tasks())
+    decision, _ = await adm.decide(request(pod(img, f"{ACR}/unknown:1")))
+    assert not decision.allowed
+    assert sorted(source.calls) == [f"{ACR}/known:1", f"{ACR}/unknown:1"]  # one each way
+    assert len(asyncio.all_tasks()) == before

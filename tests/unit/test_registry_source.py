@@ -421,3 +421,41 @@ async def test_stale_answer_when_the_registry_hangs(streaming: bool) -> None:
     assert again.verdict is first.verdict
     assert again.digest == digest
     assert late.reason == "registry timed out"
+
+
+@pytest.mark.parametrize(
+    ("name", "multiarch", "host"),
+    [
+        ("single", False, "reg.test"),
+        ("index", True, "reg.test"),
+        ("acr", False, "myacr.azurecr.io"),
+    ],
+    ids=["single-arch", "multi-arch", "acr-no-artifact"],
+)
+async def test_cached_answers_only_from_fresh_entries(
+    name: str, multiarch: bool, host: str
+) -> None:
+    reg = FakeRegistry(host)
+    repo = f"demo/{name}"
+    if multiarch:
+        amd = reg.image(repo, None, arch="amd64")
+        arm = reg.image(repo, None, arch="arm64")
+        reg.index(repo, "v1", [(arm, "linux/arm64"), (amd, "linux/amd64")])
+        reg.referrer(repo, amd)
+    else:
+        digest = reg.image(repo)
+        if host == "reg.test":
+            reg.referrer(repo, digest)
+    clock = FakeClock()
+    source = make_source(reg, clock=clock, cache={"tag_ttl_seconds": 60})
+    ref = parse_image(f"{host}/demo/{name}:v1")
+    assert source.cached(ref) is None  # never looked up: ask `verdict`
+    first = await source.verdict(ref)
+    calls = len(reg.calls)
+    hits = sum(s.hits for s in source.cache_stats().values())
+    assert source.cached(ref) == first  # every piece fresh: answered at once...
+    assert len(reg.calls) == calls  # ...without a request
+    assert sum(s.hits for s in source.cache_stats().values()) > hits  # and counted as hits
+    clock.advance(61)  # the tag expired: the hot path never answers from a stale entry
+    assert source.cached(ref) is None
+    await source.aclose()
