@@ -18,6 +18,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from app.registry.metrics import RegistryObserver
+from app.workloads import KINDS
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,15 @@ ADMISSION_BUCKETS = (
 REGISTRY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 Probe = Callable[[], Iterable[tuple[dict[str, str], float]]]
+
+# Label values that come from requests are kept only when they are among the few an apiserver
+# sends (the kinds the chart's rules match) or, for registries, among the first MAX_REGISTRIES
+# seen; the rest count as "other". Anyone who can reach the webhook port can post reviews, and
+# every new label value is a new series kept for the life of the process.
+_KINDS = frozenset(kind for _, kind in KINDS)
+_OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE", "CONNECT"})
+MAX_REGISTRIES = 64
+OTHER = "other"
 
 
 class _Probes(Collector):
@@ -136,12 +146,23 @@ class Metrics(RegistryObserver):
         )
         self._probes = _Probes()
         r.register(self._probes)
+        self._registries: set[str] = set()
+
+    def _registry(self, registry: str) -> str:
+        if registry in self._registries:
+            return registry
+        if len(self._registries) < MAX_REGISTRIES:
+            self._registries.add(registry)
+            return registry
+        return OTHER
 
     # ---- admission -------------------------------------------------------------------------
 
     def on_admission(
         self, *, endpoint: str, kind: str, operation: str, decision: str, seconds: float
     ) -> None:
+        kind = kind if kind in _KINDS else OTHER
+        operation = operation if operation in _OPERATIONS else OTHER
         self.admissions.labels(endpoint, kind, operation, decision).inc()
         self.admission_seconds.labels(endpoint).observe(seconds)
 
@@ -160,17 +181,20 @@ class Metrics(RegistryObserver):
     # ---- registry (RegistryObserver) ------------------------------------------------------
 
     def on_request(self, *, registry: str, endpoint: str, status: str, seconds: float) -> None:
+        registry = self._registry(registry)
         self.registry_requests.labels(registry, endpoint, status).inc()
         self.registry_seconds.labels(registry, endpoint).observe(seconds)
 
     def on_token(self, *, registry: str, kind: str, outcome: str) -> None:
-        self.tokens.labels(registry, kind, outcome).inc()
+        self.tokens.labels(self._registry(registry), kind, outcome).inc()
 
     def on_cache(self, *, cache: str, event: str) -> None:
         self.cache_events.labels(cache, event).inc()
 
     def on_circuit(self, *, registry: str, state: str) -> None:
-        self.circuit.labels(registry).set(1.0 if state == "open" else 0.0)
+        registry = self._registry(registry)
+        if registry != OTHER:
+            self.circuit.labels(registry).set(1.0 if state == "open" else 0.0)
 
     def on_lookup(self, *, registry: str, verdict: str, seconds: float, timed_out: bool) -> None:
         self.lookups.labels(verdict).observe(seconds)
