@@ -444,7 +444,7 @@ def _rules(doc: dict[str, Any]) -> list[tuple[str, str, tuple[str, ...], tuple[s
 
 
 def test_rbac_least_privilege_self_managed(default):
-    watch = ("get", "list", "watch")
+    watch = ("list", "watch")
     assert _rules(one(default, "ClusterRole")) == sorted(
         [
             ("", "nodes", watch, ()),
@@ -481,7 +481,7 @@ def test_rbac_without_self_managed_certificates_is_read_only(values):
     docs = render(values)
     assert "Role" not in kinds(docs)
     for _, _, verbs, _ in _rules(one(docs, "ClusterRole")):
-        assert verbs == ("get", "list", "watch")
+        assert verbs == ("list", "watch")
 
 
 def test_events_off_by_default_and_on_with_their_rbac_rule(default):
