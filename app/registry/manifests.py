@@ -1,10 +1,11 @@
-"""What a tag or digest points at: `HEAD`/`GET /v2/<repo>/manifests/<reference>`.
+"""What a tag or digest points at: `GET /v2/<repo>/manifests/<reference>`.
 
 `describe()` answers with the manifest digest, its media type and, for an index, the digest
-of the entry for the wanted platform (the one a linux/amd64 node pulls). HEAD comes first with
-all four Accept types (a registry gives `Docker-Content-Digest` only for an accepted type);
-GET follows when HEAD has no digest or found an index (whose entries we need). A body fetched
-by digest must hash to that digest.
+of the entry for the wanted platform (the one a linux/amd64 node pulls), from ONE request:
+a GET with all four Accept types (a registry gives `Docker-Content-Digest` only for an
+accepted type). A HEAD first would save a few KiB of body but cost a second request for every
+multi-arch image, whose index entries are needed anyway (issue 9: at most resolve + referrers
+per image). The body must hash to the digest asked for, or to the one the registry states.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from app.registry.errors import BadResponse, ImageNotFound
-from app.registry.mediatypes import IMAGE_TYPES, INDEX_TYPES, MANIFEST_ACCEPT
+from app.registry.mediatypes import INDEX_TYPES, MANIFEST_ACCEPT
 from app.registry.oci import (
     Platform,
     index_descriptors,
@@ -53,23 +54,10 @@ async def describe(
 ) -> ManifestInfo:
     """Resolve `reference` (a tag or a digest) in `repository`."""
     registry = transport.registry
-    head = await _manifest(transport, "HEAD", repository, reference)
-    digest: str | None = None
-    if head.status == 200:
-        header = head.headers.get("docker-content-digest")
-        if header is not None and not valid_digest(header):
-            raise BadResponse(registry, "invalid Docker-Content-Digest")
-        if reference.startswith(("sha256:", "sha512:")) and header not in (None, reference):
-            raise BadResponse(registry, "manifest digest mismatch")
-        digest = header or (reference if valid_digest(reference) else None)
-        if digest is not None and head.content_type in IMAGE_TYPES:
-            return ManifestInfo(digest=digest, media_type=head.content_type)
-    elif head.status not in (405, 400):  # 405/400: HEAD not supported here; GET instead
-        _not_found_or_bad(head, registry)
-    body = await _manifest(transport, "GET", repository, digest or reference)
+    body = await _manifest(transport, "GET", repository, reference)
     if body.status != 200:
         _not_found_or_bad(body, registry)
-    return _read_manifest(body, registry=registry, asked=digest or reference, platform=platform)
+    return _read_manifest(body, registry=registry, asked=reference, platform=platform)
 
 
 async def _manifest(

@@ -23,7 +23,7 @@ from tests.unit.test_registry_fakes import FakeRegistry, make_source, transport_
 AMD64 = Platform.parse("linux/amd64")
 
 
-async def test_single_image_needs_only_head() -> None:
+async def test_one_get_resolves_a_single_image() -> None:
     reg = FakeRegistry()
     digest = reg.image("demo/app")
     accepts: list[str] = []
@@ -34,16 +34,16 @@ async def test_single_image_needs_only_head() -> None:
     reg.hook = spy
     info = await describe(transport_to(reg), "demo/app", "v1", platform=AMD64)
     assert (info.digest, info.media_type, info.platform_digest) == (digest, OCI_MANIFEST, None)
-    assert reg.calls == [("HEAD", "/v2/demo/app/manifests/v1")]
+    assert reg.calls == [("GET", "/v2/demo/app/manifests/v1")]
     assert accepts == [", ".join(MANIFEST_ACCEPT)]
 
 
-async def test_head_without_digest_falls_back_to_get_and_hashes_the_body() -> None:
+async def test_without_a_digest_header_the_body_is_hashed() -> None:
     reg = FakeRegistry(send_digest=False)
     digest = reg.image("demo/app", docker=True)
     info = await describe(transport_to(reg), "demo/app", "v1", platform=AMD64)
     assert info.digest == digest and info.media_type == DOCKER_MANIFEST
-    assert [m for m, _ in reg.calls] == ["HEAD", "GET"]
+    assert [m for m, _ in reg.calls] == ["GET"]
 
 
 async def test_index_picks_the_linux_amd64_entry() -> None:
@@ -54,7 +54,7 @@ async def test_index_picks_the_linux_amd64_entry() -> None:
     info = await describe(transport_to(reg), "demo/multi", "v1", platform=AMD64)
     assert info.is_index and info.digest == index and info.platform_digest == amd
     assert info.platforms == ("linux/amd64", "linux/arm64")
-    assert reg.calls[1] == ("GET", f"/v2/demo/multi/manifests/{index}")  # GET by digest
+    assert reg.calls == [("GET", "/v2/demo/multi/manifests/v1")]  # one request, entries too
 
 
 async def test_index_without_the_platform() -> None:
@@ -71,18 +71,6 @@ async def test_index_without_the_platform() -> None:
 async def test_unknown_tag_is_image_not_found() -> None:
     with pytest.raises(ImageNotFound):
         await describe(transport_to(FakeRegistry()), "demo/none", "v1", platform=AMD64)
-
-
-async def test_head_not_allowed_uses_get() -> None:
-    reg = FakeRegistry()
-    digest = reg.image("demo/app")
-
-    async def no_head(request: httpx.Request) -> httpx.Response | None:
-        return httpx.Response(405) if request.method == "HEAD" else None
-
-    reg.hook = no_head
-    info = await describe(transport_to(reg), "demo/app", "v1", platform=AMD64)
-    assert info.digest == digest
 
 
 @pytest.mark.parametrize(
@@ -102,8 +90,6 @@ async def test_bad_manifest_answers(
     digest = reg.image("demo/app")
 
     async def fault(request: httpx.Request) -> httpx.Response | None:
-        if request.method == "HEAD":
-            return httpx.Response(200, headers=headers)
         stored = reg.blobs[("demo/app", digest)][1]
         return httpx.Response(200, headers=headers, content=stored if body is None else body)
 

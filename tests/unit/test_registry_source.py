@@ -30,7 +30,7 @@ async def test_streamable_image_has_artifact_digest_and_annotations() -> None:
     assert verdict.artifact_digest == artifact
     assert verdict.annotations["streaming.format"] == "overlaybd"
     assert verdict.annotations["streaming.platform.arch"] == "amd64"
-    assert reg.count("manifests") == 1 and reg.count("referrers") == 1  # HEAD + referrers
+    assert reg.count("manifests") == 1 and reg.count("referrers") == 1  # GET + referrers
 
 
 async def test_warm_lookup_asks_the_registry_nothing() -> None:
@@ -122,7 +122,7 @@ async def test_digest_pinned_reference_skips_tag_resolution() -> None:
     verdict = await source.verdict(parse_image(f"reg.test/demo/app@{digest}"))
     await source.aclose()
     assert verdict.verdict is Verdict.STREAMABLE
-    assert ("HEAD", "/v2/demo/app/manifests/v1") not in reg.calls
+    assert ("GET", "/v2/demo/app/manifests/v1") not in reg.calls  # pinned: no tag resolved
 
 
 async def test_deadline_gives_unknown_and_background_warms_the_cache() -> None:
