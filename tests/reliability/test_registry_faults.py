@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.harness import Answer, Row, ServerProcess, eventually, pod
+from tests.reliability.harness import Answer, Row, ServerProcess, eventually, pod, review
 from tests.support.faultproxy import UNRESOLVABLE, FaultProxy
 from tests.support.registries import AcrFront, RegistryEnv, start_acr_front
 
@@ -63,6 +63,12 @@ CASES = [
     Case(
         "slow body (GETs)",
         {"kind": "drip", "delay": 0.3, "match": "^GET "},
+        "registry timed out",
+        "opens",
+    ),
+    Case(
+        "stall (3 s, then the answer)",
+        {"kind": "stall", "delay": 3.0},
         "registry timed out",
         "opens",
     ),
@@ -270,6 +276,34 @@ def circuit_under_fault(case: Case, admit: Any, target: ServerProcess) -> str:
     states = target.probe_after(time.time())["circuits"]
     assert states[case.host] == "open", states
     return f"circuit opens ({reason}); no request while open"
+
+
+def test_a_stalled_image_costs_one_deadline_per_admission(
+    proxies: list[Case], target: ServerProcess, record: Row
+) -> None:
+    """The apiserver calls /mutate, then /validate, for one object: both ask for the same
+    image. During a stall the second call joins the look-up the first one started; it must
+    not wait a whole deadline again (kubectl would wait two)."""
+    record.area = "registry faults"
+    record.tried = "a stalled registry, one object: /mutate then /validate ask for the same image"
+    case = next(c for c in proxies if c.fault.get("kind") == "stall")
+    assert case.proxy is not None
+    image = f"{case.host}/fault/pair-{time.monotonic_ns()}:v1"
+    body = review(pod("p", [image]), namespace=WARN_NS)
+    case.proxy.set(**case.fault)
+    try:
+        first = target.post("mutate", body)
+        second = target.post("validate", body)
+    finally:
+        case.proxy.set("pass")
+    assert "not checked: registry timed out" in second.text, second.text
+    record.cases = 2
+    record.observed = (
+        f"/mutate {first.seconds * 1000:.0f} ms, /validate {second.seconds * 1000:.0f} ms "
+        f"(deadline {DEADLINE * 1000:.0f} ms)"
+    )
+    assert first.seconds < WITHIN
+    assert second.seconds < DEADLINE / 2, record.observed
 
 
 # ---- stale entries ------------------------------------------------------------------------------

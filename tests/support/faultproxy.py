@@ -38,6 +38,7 @@ content-type    http   200, ``text/html``
 redirect-loop   http   302 to the same URL, forever
 huge            http   200, the right content type, a 10 MiB chunked body (no length)
 drip            http   200 and headers at once, then one body byte per ``delay`` seconds
+stall           http   the real answer, after ``delay`` seconds of silence
 ==============  =====  =====================================================================
 
 ``outage()`` closes the listening socket and cuts every open connection (connection refused
@@ -70,7 +71,7 @@ UNRESOLVABLE = "streamgate-no-such-registry.invalid"
 
 HTTP_FAULTS = frozenset(
     {"pass", "hang", "reset", "trickle", "tls-error", "status", "bad-json", "content-type"}
-    | {"redirect-loop", "huge", "drip"}
+    | {"redirect-loop", "huge", "drip", "stall"}
 )
 TCP_FAULTS = frozenset({"pass", "hang", "reset", "trickle", "tls-error"})
 TEN_MB = 10 * 1024 * 1024
@@ -360,9 +361,11 @@ class FaultProxy:
         fault = self.fault
         if fault.applies(f"{method} {path}"):
             self._count(fault.kind)
-            await self._http_fault(fault, method, path, reader, writer)
-        else:
-            await self._forward(head, body, writer, conn)
+            if fault.kind != "stall":
+                await self._http_fault(fault, method, path, reader, writer)
+                return
+            await asyncio.sleep(fault.delay)
+        await self._forward(head, body, writer, conn)
 
     async def _forward(
         self, head: bytes, body: bytes, writer: asyncio.StreamWriter, conn: _Conn
