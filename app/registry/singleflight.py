@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Hashable
 from functools import partial
 from typing import Generic, TypeVar
@@ -29,6 +30,7 @@ class SingleFlight(Generic[K, V]):
 
     def __init__(self) -> None:
         self._tasks: dict[K, asyncio.Task[V]] = {}
+        self._started: dict[K, float] = {}
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -38,12 +40,19 @@ class SingleFlight(Generic[K, V]):
         if task is None:
             task = asyncio.create_task(_call(work))
             self._tasks[key] = task
+            self._started[key] = time.monotonic()
             task.add_done_callback(partial(self._done, key))
         return await asyncio.shield(task)
+
+    def age(self, key: K) -> float | None:
+        """Seconds the work running for `key` has been running; None when none is."""
+        started = self._started.get(key)
+        return None if started is None else time.monotonic() - started
 
     def _done(self, key: K, task: asyncio.Task[V]) -> None:
         if self._tasks.get(key) is task:
             del self._tasks[key]
+            self._started.pop(key, None)
         if not task.cancelled() and task.exception() is not None:
             # Retrieved here so a result nobody waited for is not reported as "never
             # retrieved"; the callers that did wait have seen it already.
@@ -55,3 +64,4 @@ class SingleFlight(Generic[K, V]):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        self._started.clear()

@@ -5,7 +5,8 @@
     await source.aclose()
 
 Each look-up has `deadline_seconds` (2 s by default, under the webhook's timeout, see
-`RegistryConfig`). Concurrent look-ups of one image share one run; the run is its own task,
+`RegistryConfig`), counted from the start of the run it shares. Concurrent look-ups of one
+image share one run; the run is its own task,
 so a caller whose deadline passes gets `unknown: registry timed out` (or, when the caches
 still hold a stale answer, that answer) while the run goes on (up to `background_seconds`)
 and leaves its answer in the caches for the next admission.
@@ -90,8 +91,15 @@ class RegistryVerdictSource:
         started = time.monotonic()
         key = (ref.registry, ref.repository, ref.digest or ref.tag or "latest")
         timed_out = False
+        budget = self.config.deadline_seconds
+        running = self._flights.age(key)
+        if running is not None:
+            # Joining a look-up another caller started: the deadline counts from its start,
+            # so asking again for the same image (the apiserver calls /mutate, then /validate)
+            # never waits a whole deadline twice on a stalled registry.
+            budget = max(0.0, budget - running)
         try:
-            async with asyncio.timeout(self.config.deadline_seconds):
+            async with asyncio.timeout(budget):
                 result = await self._flights.run(key, lambda: self._bounded(ref))
             verdict = verdict_for(ref, result, platform=self._platform)
         except TimeoutError:
