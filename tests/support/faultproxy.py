@@ -32,6 +32,8 @@ reset           both   a TCP RST (after the request was read, on the http layer)
 trickle         both   http: a complete, valid-looking 200 sent one byte per ``delay``
                        seconds; tcp: the real answer, ``delay`` seconds per 64 bytes
 tls-error       both   a TLS handshake with a certificate nobody trusts
+partition       tcp    open connections go silent for good (no FIN, no RST: bytes are
+                       dropped both ways), new ones hang: a peer that vanished
 status          http   ``status`` (500 by default) with ``headers``, e.g. 429 + Retry-After
 bad-json        http   200, the right content type, a truncated JSON body
 content-type    http   200, ``text/html``
@@ -73,7 +75,7 @@ HTTP_FAULTS = frozenset(
     {"pass", "hang", "reset", "trickle", "tls-error", "status", "bad-json", "content-type"}
     | {"redirect-loop", "huge", "drip", "stall"}
 )
-TCP_FAULTS = frozenset({"pass", "hang", "reset", "trickle", "tls-error"})
+TCP_FAULTS = frozenset({"pass", "hang", "reset", "trickle", "tls-error", "partition"})
 TEN_MB = 10 * 1024 * 1024
 
 _OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -96,6 +98,7 @@ class Fault:
 class _Conn:
     writer: asyncio.StreamWriter
     others: list[asyncio.StreamWriter] = field(default_factory=list)
+    dead: bool = False  # partitioned: everything is dropped from now on
 
 
 def _untrusted_context() -> ssl.SSLContext:
@@ -209,7 +212,8 @@ class FaultProxy:
                 delay,
             ),
         )
-        if self.layer == "tcp" and kind != "pass" and was.kind == "pass" and self._loop:
+        cuts = self.layer == "tcp" and kind not in ("pass", "partition") and was.kind == "pass"
+        if cuts and self._loop:
             self.drop()
 
     @contextlib.contextmanager
@@ -299,7 +303,7 @@ class FaultProxy:
         fault = self.fault
         if fault.kind != "pass":
             self._count(fault.kind)
-        if fault.kind == "hang":
+        if fault.kind in ("hang", "partition"):
             while await reader.read(65536):
                 pass
             return
@@ -313,13 +317,17 @@ class FaultProxy:
         conn.others.append(up_writer)
         slow = fault.delay if fault.kind == "trickle" else 0.0
         await asyncio.gather(
-            self._pipe(reader, up_writer, 0.0), self._pipe(up_reader, writer, slow)
+            self._pipe(reader, up_writer, 0.0, conn), self._pipe(up_reader, writer, slow, conn)
         )
 
-    @staticmethod
-    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, slow: float) -> None:
+    async def _pipe(
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, slow: float, conn: _Conn
+    ) -> None:
         try:
             while data := await src.read(64 if slow else 65536):
+                if conn.dead or self.fault.kind == "partition":
+                    conn.dead = True
+                    continue
                 dst.write(data)
                 await dst.drain()
                 if slow:
