@@ -42,7 +42,8 @@ OnEvent = Callable[[str, Mapping[str, Any]], None]
 class ReflectorSettings:
     resync_seconds: float = 300.0
     # Server-side watch timeout: a watch ends (and restarts from its resourceVersion) at least
-    # this often, so a silently dead connection is noticed within about this time.
+    # this often. A connection that dies silently is noticed by the client's read timeout, set
+    # 30 s past this (the server's own end of a quiet watch must not look like a failure).
     watch_timeout_seconds: int = 30
     page_size: int = 500
     connect_timeout: float = 5.0
