@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export STREAMGATE_CACHE ?= $(HOME)/.cache/streamgate
 
-.PHONY: install lint format test unit run demo demo-down bench clean image constraints
+.PHONY: install lint format test unit run demo demo-down bench clean image constraints reliability
 
 install: $(STAMP) ## create .venv and install streamgate with its dev tools
 
@@ -57,6 +57,15 @@ IMAGE ?= streamgate:dev
 image: ## build the container image (needs a Docker engine)
 	@docker info >/dev/null 2>&1 || { echo "make image: no Docker engine here; build on a machine with Docker" >&2; exit 1; }
 	docker build -t $(IMAGE) .
+
+reliability: install ## long reliability runs (24,000 fuzz cases, 5-min soak, faults, safety, security; ~20 min): docs/reliability.md
+	@out=$(VENV)/reliability; rm -rf $$out; mkdir -p $$out; \
+	STREAMGATE_RELIABILITY=long STREAMGATE_RELIABILITY_RESULTS=$$out/results.jsonl \
+	  $(BIN)/python -m pytest -ra tests/reliability \
+	  tests/e2e/test_chart_install.py::test_pods_admitted_under_pod_security_restricted \
+	  --junitxml=$$out/junit.xml $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/python hack/reliability-report.py $$out/results.jsonl --junit $$out/junit.xml || rc=1; \
+	exit $$rc
 
 bench: install ## benchmark suite (~15 min; needs the local registry and cluster): docs/benchmarks.{md,json,png}
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

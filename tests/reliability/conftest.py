@@ -42,7 +42,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
     if row is None:
         return
     if report.when == "call" or (report.when == "setup" and report.failed):
-        row.outcome = "passed" if report.passed else "skipped" if report.skipped else "failed"
+        if hasattr(report, "wasxfail"):
+            row.outcome = "xfailed" if report.skipped else "xpassed"
+        else:
+            row.outcome = "passed" if report.passed else "skipped" if report.skipped else "failed"
         if report.failed and not row.observed:
             row.observed = str(report.longrepr).strip().splitlines()[-1][:200]
         row.seconds = round(time.monotonic() - row.seconds, 1)
