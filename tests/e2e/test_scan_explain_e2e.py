@@ -236,7 +236,7 @@ def test_explain_streamable_shows_the_referrer(seeded):
     assert "streaming.platform.arch: amd64" in text
     assert "conversion  not asked: a streaming artifact was found" in text
     assert "\nverdict     streamable\n" in text
-    assert f"HEAD http://{REGISTRY}/v2/demo/streamable/manifests/v1 -> 200" in text
+    assert f"GET http://{REGISTRY}/v2/demo/streamable/manifests/v1 -> 200" in text
 
 
 def test_explain_multiarch_shows_the_platform_choice(seeded):

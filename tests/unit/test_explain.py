@@ -72,7 +72,7 @@ async def test_streamable_image_shows_its_referrer_and_annotations() -> None:
     assert "within the 2 s admission deadline" in step(out, "time")
     assert "allowed without a warning (mode warn)" in step(out, "webhook")
     methods = [(r.method, r.status, r.phase) for r in out.requests]
-    assert methods[0] == ("HEAD", "200", "look-up")
+    assert methods[0] == ("GET", "200", "look-up")
     assert ("GET", "200", "listing") in methods
     assert out.requests[0].url == f"https://{HOST}/v2/demo/streamable/manifests/v1"
 
@@ -239,7 +239,7 @@ async def test_json_output() -> None:
     assert doc["verdict"] == "not-streamable" and doc["reason"] == "no streaming artifact"
     assert doc["webhook"]["allowed"] is True and len(doc["webhook"]["warnings"]) == 1
     assert {s["name"] for s in doc["steps"]} >= {"digest", "referrers", "conversion"}
-    assert doc["requests"][0]["method"] == "HEAD"
+    assert doc["requests"][0]["method"] == "GET"
 
 
 def test_registry_text_is_made_safe_for_a_terminal() -> None:
