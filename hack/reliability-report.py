@@ -49,11 +49,14 @@ def _cell(text: str) -> str:
 
 
 def _rows(results: Path) -> list[dict[str, object]]:
-    rows = []
-    for line in results.read_text().splitlines():
+    """One row per test: a test run again (to add or redo one) replaces its earlier row."""
+    rows: dict[str, dict[str, object]] = {}
+    for n, line in enumerate(results.read_text().splitlines()):
         if line.strip():
-            rows.append(json.loads(line))
-    return rows
+            row = json.loads(line)
+            rows.pop(str(row.get("nodeid") or n), None)
+            rows[str(row.get("nodeid") or n)] = row
+    return list(rows.values())
 
 
 def _external(junit: Path | None) -> list[dict[str, object]]:

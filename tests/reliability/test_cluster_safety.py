@@ -187,7 +187,7 @@ def test_wedged_replicas_ignore_applies_within_the_timeout(
     record.area = "cluster safety"
     record.tried = (
         "webhook replicas wedged (connections accepted, never answered), failurePolicy Ignore, "
-        "timeoutSeconds 2"
+        "timeoutSeconds 3"
     )
     ns = namespaces["in"]
     wedged = FaultProxy(f"127.0.0.1:{free_port()}", layer="tcp").start()
