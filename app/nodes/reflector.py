@@ -15,7 +15,9 @@ The loop, like client-go's reflector:
 3. 410 Gone (the resourceVersion is too old; as HTTP status or as an ERROR event) -> list again
    at once; every `resync_seconds` -> list again anyway (replaces everything, heals drift);
 4. any other failure -> wait with exponential backoff and jitter, then resume (watch from
-   the last resourceVersion, or list when there is none). The consumer keeps what it had.
+   the last resourceVersion, or list when there is none); the backoff starts again from its
+   first step when the API had answered since the last failure. The consumer keeps what it
+   had.
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ class Reflector:
         delay = settings.backoff_initial
         listed_at = 0.0
         while not self._stop.is_set():
+            heard = self.last_contact
             try:
                 if self.resource_version is None or (
                     time.monotonic() - listed_at >= settings.resync_seconds
@@ -133,6 +136,11 @@ class Reflector:
                     self.resource_version = None
                     continue
                 self.last_error = f"{type(err).__name__}: {err}"
+                if self.last_contact > heard:
+                    # The API answered during this attempt (a list, a watch that connected):
+                    # a new failure, not the outage that grew the backoff. (An API that accepts
+                    # every watch and drops it at once is retried every backoff_initial.)
+                    delay = settings.backoff_initial
                 pause = delay * random.uniform(0.8, 1.2)
                 logger.warning(
                     "%s: list/watch failed (%s); keeping the last inventory, retrying in %.1fs",
@@ -212,6 +220,7 @@ class Reflector:
             # client-side backstop for a connection that dies without a FIN
             _request_timeout=(settings.connect_timeout, settings.watch_timeout_seconds + 30),
         )
+        self.last_contact = time.monotonic()  # the watch was accepted
         events = 0
         try:
             for line in iter_lines(response):
