@@ -58,7 +58,7 @@ image: ## build the container image (needs a Docker engine)
 	@docker info >/dev/null 2>&1 || { echo "make image: no Docker engine here; build on a machine with Docker" >&2; exit 1; }
 	docker build -t $(IMAGE) .
 
-reliability: install ## long reliability runs (24,000 fuzz cases, 5-min soak, faults, safety, security; ~20 min): docs/reliability.md
+reliability: install ## long reliability runs (24,000 fuzz cases, 5-min soak, faults, safety, security; ~15 min): docs/reliability.md
 	@out=$(VENV)/reliability; rm -rf $$out; mkdir -p $$out; \
 	STREAMGATE_RELIABILITY=long STREAMGATE_RELIABILITY_RESULTS=$$out/results.jsonl \
 	  $(BIN)/python -m pytest -ra tests/reliability \

@@ -244,8 +244,8 @@ def test_fault(case: Case, proxies: list[Case], target: ServerProcess, record: R
     record.cases = cases
     record.observed = (
         f"unknown: {case.reason}; warn → allowed, enforce → denied; "
-        f"cache answered; {observed}; slowest admission {slowest * 1000:.0f} ms "
-        f"(deadline {DEADLINE * 1000:.0f} ms)"
+        f"cache answered; {observed}; slowest admission over HTTPS {slowest * 1000:.0f} ms "
+        f"(registry deadline {DEADLINE * 1000:.0f} ms)"
     )
 
 
