@@ -130,10 +130,8 @@ class Admission:
         reason = exemption(wl, req.namespace, policy)
         if reason:
             return skip(mode, reason), wl
-        if req.operation == "UPDATE" and req.old_obj is not None:
-            old = workload(req.group, req.kind, req.old_obj)
-            if old is not None and judged_signature(old.pod_spec) == judged_signature(wl.pod_spec):
-                return skip(mode, "images and scheduling unchanged"), wl
+        if req.operation == "UPDATE" and req.old_obj is not None and _unchanged(req, wl):
+            return skip(mode, "images and scheduling unchanged"), wl
         verdicts = await self.lookup(images_to_check(wl, policy))
         placement = self.placement.place(wl.pod_spec)
         decision = evaluate(wl, mode=mode, policy=policy, verdicts=verdicts, placement=placement)
@@ -205,6 +203,17 @@ def _patch(
     if decision.steer and decision.mode in (Mode.WARN, Mode.ENFORCE):
         ops += steer_ops(wl, decision.steer)
     return ops
+
+
+def _unchanged(req: AdmissionRequest, wl: Workload) -> bool:
+    """True when an UPDATE left images and scheduling alone. An old object without a usable
+    pod spec counts as changed: the new object is judged rather than the review refused."""
+    assert req.old_obj is not None
+    try:
+        old = workload(req.group, req.kind, req.old_obj)
+    except WorkloadError:
+        return False
+    return old is not None and judged_signature(old.pod_spec) == judged_signature(wl.pod_spec)
 
 
 def _outcome(decision: Decision) -> str:

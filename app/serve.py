@@ -22,6 +22,7 @@ from app.admission import (
     NoObserver,
 )
 from app.certs import CertificateKeeper, ManagedCertSettings, manage_certificates
+from app.connections import FIRST_REQUEST_TIMEOUT, guarded_protocol
 from app.events import DEFAULT_INTERVAL, EventRecorder, KubeEventsApi
 from app.metrics import Metrics, serve_metrics
 from app.namespaces import NamespaceLabels
@@ -61,6 +62,10 @@ class ServeSettings:
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 0
     policy_reload_interval: float = 5.0
+    first_request_timeout: float = FIRST_REQUEST_TIMEOUT
+    # Connections plus requests in progress past which uvicorn answers 503 at once: bounds
+    # memory whatever a client does (the apiserver keeps a handful of connections).
+    limit_concurrency: int = 1000
     # Kubernetes Events on warned and denied objects (needs `kube`); at most one per object and
     # reason every `event_interval` seconds (app/events.py).
     events: bool = False
@@ -171,6 +176,8 @@ def build_server(
         log_config=None,  # keep the process's own format (app/logs.py)
         access_log=False,
         lifespan="off",
+        http=guarded_protocol(settings.first_request_timeout),
+        limit_concurrency=settings.limit_concurrency,
     )
     config.load()
     # uvicorn's own ssl_* options build a context it never reloads: we hand it ours.

@@ -19,6 +19,7 @@ from app.verdicts import ImageVerdict, Verdict
 from tests.memory import MemoryVerdicts
 
 REG = "streamgatedemo.azurecr.io"
+FIRST_REQUEST_TIMEOUT = 1.0  # short, so the slowloris test is quick
 
 
 def trusting(ca: Path) -> ssl.SSLContext:
@@ -65,6 +66,7 @@ def webhook(tmp_path_factory):
         self_signed_dir=certs,
         cert_reload_interval=0.2,
         log_level="warning",
+        first_request_timeout=FIRST_REQUEST_TIMEOUT,
     )
     running = build_server(settings, admission)
     thread = threading.Thread(target=running.server.run, daemon=True)

@@ -8,6 +8,7 @@ import copy
 import json
 import socket
 import ssl
+import time
 from pathlib import Path
 
 import httpx
@@ -204,3 +205,28 @@ def test_renewed_certificate_is_served_without_restart(webhook):
     assert after != before
     with webhook.client() as client:  # trusts the new ca.crt
         assert client.get("/healthz").status_code == 200
+
+
+def test_connection_without_a_complete_request_is_closed(webhook):
+    """A client that sends half a request head and stops (slowloris) is cut off after the
+    first-request timeout; one that sends its request in time is served."""
+    from tests.feature.conftest import FIRST_REQUEST_TIMEOUT
+
+    host, port = "127.0.0.1", webhook.running.server.config.port
+    ctx = trusting(webhook.ca)
+    with (
+        socket.create_connection((host, port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        tls.sendall(b"POST /validate HTTP/1.1\r\nHost: x\r\n")
+        tls.settimeout(FIRST_REQUEST_TIMEOUT + 5)
+        started = time.monotonic()
+        assert tls.recv(1024) == b""  # closed by the server, no answer
+        assert time.monotonic() - started < FIRST_REQUEST_TIMEOUT + 3
+    with (
+        socket.create_connection((host, port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        time.sleep(FIRST_REQUEST_TIMEOUT / 2)
+        tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert tls.recv(1024).startswith(b"HTTP/1.1 200")

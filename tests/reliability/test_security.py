@@ -634,11 +634,6 @@ def test_idle_and_half_sent_connections_do_not_block(
 @pytest.mark.skipif(
     not LONG, reason="waits for the server to give up on idle connections: long run"
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="uvicorn (h11) has no timeout before a connection's first request and no connection "
-    "limit is set: app/serve.py must add one (see docs/reliability.md)",
-)
 def test_half_sent_requests_are_dropped(plain_server: ServerProcess, record: Row) -> None:
     record.area = "security"
     record.tried = (

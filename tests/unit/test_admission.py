@@ -198,3 +198,19 @@ async def test_known_verdicts_are_answered_without_a_task():
     assert not decision.allowed
     assert sorted(source.calls) == [f"{ACR}/known:1", f"{ACR}/unknown:1"]  # one each way
     assert len(asyncio.all_tasks()) == before
+
+
+async def test_malformed_old_object_counts_as_changed_not_as_a_bad_review():
+    source = MemoryVerdicts({f"{ACR}/a:1": ImageVerdict(Verdict.NOT_STREAMABLE)})
+    req = request(pod(f"{ACR}/a:1"), op="UPDATE", old={"spec": "not a pod spec"}, kind="Pod")
+    decision, _ = await admission(source, mode="enforce").decide(req)
+    assert decision.skipped is None and not decision.allowed
+    deployment_req = request(
+        {"spec": {"template": {"spec": {"containers": [{"name": "a", "image": f"{ACR}/a:1"}]}}}},
+        op="UPDATE",
+        old={"spec": {}},
+        kind="Deployment",
+        group="apps",
+    )
+    decision, _ = await admission(source, mode="enforce").decide(deployment_req)
+    assert decision.skipped is None and not decision.allowed
