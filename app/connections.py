@@ -39,9 +39,11 @@ def guarded_protocol(first_request_timeout: float = FIRST_REQUEST_TIMEOUT) -> ty
             # own handling (and uvicorn's keep-alive timeout) governs the connection.
             if self.cycle is None and not self.transport.is_closing():
                 logger.debug(
-                    "closing a connection with no request after %.0fs", first_request_timeout
+                    "dropping a connection with no request after %.0fs", first_request_timeout
                 )
-                self.transport.close()
+                # abort, not close: a TLS close waits (up to 30 s) for the silent peer's
+                # close_notify, keeping the socket and its buffers all that time.
+                self.transport.abort()
 
         def connection_lost(self, exc: Exception | None) -> None:
             if self._first_request_timer is not None:
