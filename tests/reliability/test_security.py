@@ -33,6 +33,7 @@ import re
 import secrets
 import socket
 import ssl
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -662,3 +663,45 @@ def test_half_sent_requests_are_dropped(plain_server: ServerProcess, record: Row
         "still open after 20 s"
     )
     assert still < 50, record.observed
+
+
+@pytest.mark.usefixtures("seeded_registry")
+def test_one_review_with_many_images_does_not_stall_the_server(tmp_path: Path, record: Row) -> None:
+    """A pod naming 1,000 different ACR images (the apiserver accepts it): its look-ups must
+    not hold the event loop, or every other admission waits with it."""
+    record.area = "security"
+    record.tried = (
+        "one Pod with 1,000 different ACR images (olareg), while other admissions come in"
+    )
+    registry = "127.0.0.1:25000"
+    policy = {
+        "mode": "warn",
+        "acrRegistries": [registry],
+        "registry": {"registries": {registry: {"insecure": True}}},
+    }
+    big = pod("big", [f"{registry}/sgmany/app:v{i}" for i in range(1000)])
+    with ServerProcess(tmp_path, policy, log_level="warning") as proc:
+        done: dict[str, float] = {}
+
+        def send_big() -> None:
+            with proc.new_client() as http:
+                started = time.monotonic()
+                http.post("/validate", json=review(big))
+                done["big"] = time.monotonic() - started
+
+        thread = threading.Thread(target=send_big)
+        thread.start()
+        time.sleep(0.2)
+        small = []
+        while thread.is_alive() and len(small) < 50:
+            small.append(proc.admit(pod("p", ["nginx"])).seconds)
+            time.sleep(0.1)
+        thread.join(60)
+    slowest = max(small) if small else 0.0
+    record.cases = 1 + len(small)
+    record.observed = (
+        f"the 1,000-image review took {done.get('big', 0):.1f} s (registry deadline 2 s); "
+        f"{len(small)} small admissions meanwhile, slowest {slowest * 1000:.0f} ms"
+    )
+    assert done.get("big", 99) < 2.0 + 1.5, record.observed
+    assert slowest < 1.0, record.observed
