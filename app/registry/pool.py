@@ -202,6 +202,7 @@ class ClientPool:
             auth=auth,
             circuit=circuit,
             max_body=config.max_body_bytes,
+            max_connections=config.max_connections,
             observer=self._observer,
         )
 

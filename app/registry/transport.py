@@ -13,6 +13,7 @@ caller to read (200, 404, ...), or raises a `RegistryError`:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 
@@ -48,6 +49,7 @@ class RegistryTransport:
         auth: Authenticator,
         circuit: CircuitBreaker,
         max_body: int,
+        max_connections: int = 32,
         observer: RegistryObserver = NULL_OBSERVER,
     ) -> None:
         self.registry = registry
@@ -57,6 +59,9 @@ class RegistryTransport:
         self.circuit = circuit
         self.max_body = max_body
         self._observer = observer
+        # Requests beyond the pool's connections wait here, not in httpcore's queue, which is
+        # scanned whole on every change: 2,000 queued requests held the event loop for 20 s.
+        self._slots = asyncio.Semaphore(max_connections)
 
     async def request(
         self,
@@ -165,14 +170,15 @@ class RegistryTransport:
             if authorization is not None:
                 headers["Authorization"] = authorization
             request = self.http.build_request(method, url, params=params, headers=headers)
-            response = await send_bounded(
-                self.http,
-                request,
-                registry=self.registry,
-                endpoint=endpoint,
-                limit=self.max_body,
-                observer=self._observer,
-            )
+            async with self._slots:
+                response = await send_bounded(
+                    self.http,
+                    request,
+                    registry=self.registry,
+                    endpoint=endpoint,
+                    limit=self.max_body,
+                    observer=self._observer,
+                )
             location = response.headers.get("location")
             if response.status not in _REDIRECTS or not location:
                 return response
