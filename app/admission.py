@@ -18,6 +18,7 @@ from typing import Literal, Protocol
 from app import messages
 from app.evaluate import Decision, evaluate, exemption, images_to_check, skip
 from app.images import ImageRef
+from app.memo import DecisionMemo, Judged, signature
 from app.patches import annotation_ops, steer_ops
 from app.policy import Mode, OnError, Policy
 from app.pools import PlacementSource
@@ -80,6 +81,7 @@ class Admission:
     # Called after each /validate decision, on the event loop (Kubernetes Events use it): it
     # must only hand the decision on (enqueue) and return at once; it never changes the answer.
     on_decision: Callable[[AdmissionRequest, Decision], None] | None = None
+    memo: DecisionMemo = field(default_factory=DecisionMemo)
     _background: set[asyncio.Task[ImageVerdict]] = field(default_factory=set, repr=False)
 
     def mode_for(self, namespace: str, policy: Policy) -> Mode:
@@ -87,17 +89,22 @@ class Admission:
             self.namespaces.mode(namespace) or policy.namespace_modes.get(namespace) or policy.mode
         )
 
-    async def lookup(self, refs: Iterable[ImageRef]) -> dict[ImageRef, ImageVerdict]:
+    async def lookup(
+        self, refs: Iterable[ImageRef], known: Mapping[ImageRef, ImageVerdict] | None = None
+    ) -> dict[ImageRef, ImageVerdict]:
         """Verdicts for `refs`, within the deadline. Look-ups still running at the deadline go
-        on in the background (they warm the cache) and count as unknown now."""
+        on in the background (they warm the cache) and count as unknown now. `known`: cached
+        verdicts the caller already asked for (not asked again)."""
         out: dict[ImageRef, ImageVerdict] = {}
         missing = []
         for ref in refs:
-            known = self.verdicts.cached(ref)
-            if known is None:
+            verdict = known.get(ref) if known else None
+            if verdict is None:
+                verdict = self.verdicts.cached(ref)
+            if verdict is None:
                 missing.append(ref)
             else:
-                out[ref] = known
+                out[ref] = verdict
         if not missing:  # the warm path: no task, no timer
             return out
         tasks = {ref: asyncio.ensure_future(self.verdicts.verdict(ref)) for ref in missing}
@@ -132,9 +139,24 @@ class Admission:
             return skip(mode, reason), wl
         if req.operation == "UPDATE" and req.old_obj is not None and _unchanged(req, wl):
             return skip(mode, "images and scheduling unchanged"), wl
-        verdicts = await self.lookup(images_to_check(wl, policy))
+        key = signature(wl, mode)
+        known: dict[ImageRef, ImageVerdict] = {}
+        if key is not None:
+            refs = self.memo.refs_for(key, policy)
+            if refs is not None:
+                current = tuple([self.verdicts.cached(ref) for ref in refs])
+                placement = self.placement.place(wl.pod_spec)
+                memoised = self.memo.get(key, policy, current, placement)
+                if memoised is not None:
+                    return memoised, wl
+                known = {ref: v for ref, v in zip(refs, current, strict=True) if v is not None}
+        refs = tuple(images_to_check(wl, policy))
+        verdicts = await self.lookup(refs, known)
         placement = self.placement.place(wl.pod_spec)
         decision = evaluate(wl, mode=mode, policy=policy, verdicts=verdicts, placement=placement)
+        if key is not None:
+            judged = Judged(refs, tuple([verdicts[r] for r in refs]), placement, decision)
+            self.memo.put(key, policy, judged)
         return decision, wl
 
     async def answer(self, req: AdmissionRequest, endpoint: Endpoint) -> AdmissionAnswer:

@@ -71,6 +71,22 @@ class _Probes(Collector):
             yield family
 
 
+class _Children:
+    """`metric.labels(...)` once per label combination: prometheus_client's `labels()` checks
+    and copies its arguments on every call (about 2 µs), and the admission path counts several
+    times per request. Label values reaching here are already bounded (see above)."""
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
+
 class Metrics(RegistryObserver):
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -146,6 +162,11 @@ class Metrics(RegistryObserver):
         )
         self._probes = _Probes()
         r.register(self._probes)
+        self._admissions = _Children(self.admissions)
+        self._admission_seconds = _Children(self.admission_seconds)
+        self._verdicts = _Children(self.verdicts)
+        self._cache_events = _Children(self.cache_events)
+        self._lookups = _Children(self.lookups)
         self._registries: set[str] = set()
 
     def _registry(self, registry: str) -> str:
@@ -163,11 +184,11 @@ class Metrics(RegistryObserver):
     ) -> None:
         kind = kind if kind in _KINDS else OTHER
         operation = operation if operation in _OPERATIONS else OTHER
-        self.admissions.labels(endpoint, kind, operation, decision).inc()
-        self.admission_seconds.labels(endpoint).observe(seconds)
+        self._admissions(endpoint, kind, operation, decision).inc()
+        self._admission_seconds(endpoint).observe(seconds)
 
     def on_verdict(self, verdict: str) -> None:
-        self.verdicts.labels(verdict).inc()
+        self._verdicts(verdict).inc()
 
     def on_bad_request(self, *, endpoint: str, code: int) -> None:
         self.bad_reviews.labels(endpoint, str(code)).inc()
@@ -189,7 +210,7 @@ class Metrics(RegistryObserver):
         self.tokens.labels(self._registry(registry), kind, outcome).inc()
 
     def on_cache(self, *, cache: str, event: str) -> None:
-        self.cache_events.labels(cache, event).inc()
+        self._cache_events(cache, event).inc()
 
     def on_circuit(self, *, registry: str, state: str) -> None:
         registry = self._registry(registry)
@@ -197,7 +218,7 @@ class Metrics(RegistryObserver):
             self.circuit.labels(registry).set(1.0 if state == "open" else 0.0)
 
     def on_lookup(self, *, registry: str, verdict: str, seconds: float, timed_out: bool) -> None:
-        self.lookups.labels(verdict).observe(seconds)
+        self._lookups(verdict).observe(seconds)
 
     # ---- scrape-time gauges ---------------------------------------------------------------
 

@@ -63,6 +63,10 @@ class TtlCache(Generic[K, V]):
         self._clock = clock
         self._observer = observer
         self._entries: OrderedDict[K, _Entry[V]] = OrderedDict()
+        # Bumped whenever an entry is stored or dropped before it expires: whoever keeps an
+        # answer derived from entries (the verdict memo) knows it still holds while this and
+        # the entries' expiry say so.
+        self.writes = 0
         self._flights: SingleFlight[K, V] = SingleFlight()
 
     def __len__(self) -> int:
@@ -82,17 +86,23 @@ class TtlCache(Generic[K, V]):
     def hit(self, key: K) -> V | None:
         """The fresh value for `key`, counted as a hit and kept recent; None otherwise, counted
         as nothing (the look-up that follows counts its own miss)."""
+        found = self.hit_until(key)
+        return None if found is None else found[0]
+
+    def hit_until(self, key: K) -> tuple[V, float] | None:
+        """`hit`, with the clock time at which the value expires."""
         entry = self._entries.get(key)
         if entry is None or entry.expires_at <= self._clock():
             return None
         self._entries.move_to_end(key)
         self.stats.hits += 1
         self._observer.on_cache(cache=self.name, event="hit")
-        return entry.value
+        return entry.value, entry.expires_at
 
     def put(self, key: K, value: V, ttl: float) -> None:
         if ttl <= 0:
             return
+        self.writes += 1
         self._entries[key] = _Entry(value, self._clock() + ttl)
         self._entries.move_to_end(key)
         while len(self._entries) > self._max:
@@ -101,7 +111,8 @@ class TtlCache(Generic[K, V]):
             self._observer.on_cache(cache=self.name, event="eviction")
 
     def invalidate(self, key: K) -> None:
-        self._entries.pop(key, None)
+        if self._entries.pop(key, None) is not None:
+            self.writes += 1
 
     async def get_or_load(
         self, key: K, load: Callable[[], Awaitable[V]], *, ttl: Callable[[V], float]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -143,34 +144,54 @@ class Lookup:
             conversion = self.conversions.get(key, allow_stale=True) or STATUS_UNKNOWN
         return LookupResult(digest, manifest, None, searches, conversion)
 
-    def fresh(self, ref: ImageRef) -> LookupResult | None:
-        """The answer fresh cache entries give, without a task or a wait: the admission hot
-        path asks this first. None when any piece is missing or expired."""
+    @property
+    def generation(self) -> int:
+        """Changes whenever any cache entry is stored or dropped (see `TtlCache.writes`)."""
+        return (
+            self.tags.writes
+            + self.manifests.writes
+            + self.artifacts.writes
+            + self.conversions.writes
+        )
+
+    def fresh(self, ref: ImageRef) -> tuple[LookupResult, float] | None:
+        """The answer fresh cache entries give, without a task or a wait, and the clock time
+        until which all of them stay fresh: the admission hot path asks this first. None when
+        any piece is missing or expired."""
         registry, repo = ref.registry.lower(), ref.repository
-        digest = ref.digest or self.tags.hit((registry, repo, ref.tag or "latest"))
-        if digest is None:
+        until = math.inf
+        if ref.digest:
+            digest = ref.digest
+        else:
+            tag = self.tags.hit_until((registry, repo, ref.tag or "latest"))
+            if tag is None:
+                return None
+            digest, until = tag
+        found = self.manifests.hit_until((registry, repo, digest))
+        if found is None:
             return None
-        manifest = self.manifests.hit((registry, repo, digest))
-        if manifest is None:
-            return None
+        manifest, expires = found
+        until = min(until, expires)
         subjects = [digest]
         if manifest.platform_digest is not None:
             subjects.append(manifest.platform_digest)
         searches = []
         for subject in subjects:
-            search = self.artifacts.hit((registry, repo, subject))
+            search = self.artifacts.hit_until((registry, repo, subject))
             if search is None:
                 return None
-            searches.append(search)
+            searches.append(search[0])
+            until = min(until, search[1])
         artifacts = [s.artifact for s in reversed(searches) if s.artifact is not None]
         if artifacts:
-            return LookupResult(digest, manifest, artifacts[0], tuple(searches))
+            return LookupResult(digest, manifest, artifacts[0], tuple(searches)), until
         conversion = None
         if self._pool.is_acr(registry):
-            conversion = self.conversions.hit((registry, repo, digest))
-            if conversion is None:
+            status = self.conversions.hit_until((registry, repo, digest))
+            if status is None:
                 return None
-        return LookupResult(digest, manifest, None, tuple(searches), conversion)
+            conversion, until = status[0], min(until, status[1])
+        return LookupResult(digest, manifest, None, tuple(searches), conversion), until
 
     async def _tag_digest(self, transport: RegistryTransport, ref: ImageRef) -> str:
         assert ref.tag is not None

@@ -75,13 +75,32 @@ class RegistryVerdictSource:
         self._lookup = Lookup(pool=self._pool, config=self.config, clock=clock, observer=observer)
         self._flights: SingleFlight[_Key, LookupResult] = SingleFlight()
         self._platform = self.config.wanted_platform
+        self._clock = clock
+        # image reference as written -> (verdict, fresh until, cache generation): see `cached`
+        self._answers: dict[str, tuple[ImageVerdict, float, int]] = {}
+        self._answers_max = self.config.cache.max_entries
 
     def cached(self, ref: ImageRef) -> ImageVerdict | None:
-        """The verdict fresh cache entries give, at once; None means: ask `verdict`."""
-        result = self._lookup.fresh(ref)
-        if result is None:
-            return None
-        verdict = verdict_for(ref, result, platform=self._platform)
+        """The verdict fresh cache entries give, at once; None means: ask `verdict`.
+
+        The verdict is kept (the `verdicts` cache in metrics) until the first of its entries
+        expires or any entry is stored or dropped, and the same object comes back meanwhile:
+        the admission's decision memo compares verdicts, and a repeated image costs one
+        dictionary look-up instead of three cache hits and a new verdict."""
+        generation = self._lookup.generation
+        kept = self._answers.get(ref.raw)
+        if kept is not None and kept[2] == generation and kept[1] > self._clock():
+            verdict = kept[0]
+            self._observer.on_cache(cache="verdicts", event="hit")
+        else:
+            found = self._lookup.fresh(ref)
+            if found is None:
+                return None
+            result, until = found
+            verdict = verdict_for(ref, result, platform=self._platform)
+            if ref.raw not in self._answers and len(self._answers) >= self._answers_max:
+                del self._answers[next(iter(self._answers))]
+            self._answers[ref.raw] = (verdict, until, generation)
         self._observer.on_lookup(
             registry=ref.registry, verdict=verdict.verdict.value, seconds=0.0, timed_out=False
         )

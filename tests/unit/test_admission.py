@@ -4,6 +4,7 @@ import time
 import pytest
 
 from app.admission import Admission
+from app.memo import DecisionMemo
 from app.policy import Mode, parse_policy
 from app.pools import NoInventory, Placement, PoolFit, Streaming
 from app.review import AdmissionRequest, ReviewError
@@ -214,3 +215,44 @@ async def test_malformed_old_object_counts_as_changed_not_as_a_bad_review():
     )
     decision, _ = await admission(source, mode="enforce").decide(deployment_req)
     assert decision.skipped is None and not decision.allowed
+
+
+async def test_repeated_template_is_evaluated_once_and_follows_changes():
+    img, other = f"{ACR}/a:1", f"{ACR}/b:1"
+    answers = {img: ImageVerdict(Verdict.STREAMABLE), other: ImageVerdict(Verdict.STREAMABLE)}
+    source = MemoryVerdicts(answers, instant=True)
+    yes = Placement(True, (PoolFit("a", Streaming.YES),))
+    no = Placement(True, (PoolFit("a", Streaming.NO, ("arm64",)),))
+    pools = FixedPlacement(yes)
+    memoised = admission(source, pools, mode="enforce")
+    fresh = admission(source, pools, mode="enforce")
+    fresh.memo = DecisionMemo(size=0)
+
+    async def both(obj):
+        got, _ = await memoised.decide(request(obj))
+        want, _ = await fresh.decide(request(obj))
+        assert got == want
+        return got
+
+    first = await both(pod(img, other, name="web-1"))
+    assert await both(pod(img, other, name="web-2")) is first  # another replica: no new work
+    assert memoised.memo.hits == 1
+    source.answers[img] = ImageVerdict(Verdict.NOT_STREAMABLE, "no streaming artifact")
+    changed = await both(pod(img, other, name="web-3"))  # the verdict changed
+    assert changed is not first and not changed.allowed
+    pools.placement = no
+    moved = await both(pod(img, other, name="web-4"))  # the pools changed
+    assert "arm64" in " ".join(moved.denials + moved.warnings)
+    await both(pod(other, img, name="web-5"))  # another template
+    assert memoised.memo.hits == 1
+
+
+async def test_memo_hit_asks_each_image_once_and_misses_reuse_known_verdicts():
+    img, slow = f"{ACR}/a:1", f"{ACR}/slow:1"
+    source = MemoryVerdicts({img: ImageVerdict(Verdict.STREAMABLE)}, instant=True)
+    adm = admission(source, mode="warn")
+    await adm.decide(request(pod(img, slow)))  # slow is not cached: looked up
+    source.calls.clear()
+    await adm.decide(request(pod(img, slow)))  # memo entry, but slow still not cached: a miss
+    assert sorted(source.calls) == [img, slow]  # img: cached, asked once; slow: looked up
+    assert adm.memo.hits == 0

@@ -459,3 +459,54 @@ async def test_cached_answers_only_from_fresh_entries(
     clock.advance(61)  # the tag expired: the hot path never answers from a stale entry
     assert source.cached(ref) is None
     await source.aclose()
+
+
+class CacheEvents(RegistryObserver):
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def on_cache(self, *, cache: str, event: str) -> None:
+        self.events.append((cache, event))
+
+
+async def test_cached_verdict_is_kept_until_an_entry_expires_or_changes() -> None:
+    reg = FakeRegistry()
+    reg.referrer("demo/app", reg.image("demo/app"))
+    reg.image("demo/other")
+    clock = FakeClock()
+    events = CacheEvents()
+    source = make_source(reg, clock=clock, observer=events, cache={"tag_ttl_seconds": 60})
+    ref, other = parse_image("reg.test/demo/app:v1"), parse_image("reg.test/demo/other:v1")
+    await source.verdict(ref)
+    first = source.cached(ref)
+    assert first is not None and first.verdict is Verdict.STREAMABLE
+    events.events.clear()
+    assert source.cached(ref) is first  # the same object: one dictionary look-up
+    assert events.events == [("verdicts", "hit")]  # not three cache hits
+    clock.advance(59)
+    assert source.cached(ref) is first
+    # Any entry stored (here: another image's look-up) and the kept verdict is rebuilt from
+    # the entries, which still say the same.
+    await source.verdict(other)
+    again = source.cached(ref)
+    assert again == first and again is not first
+    assert source.cached(ref) is again
+    clock.advance(2)  # the tag entry (60 s) expired: nothing kept answers any more
+    assert source.cached(ref) is None
+    await source.aclose()
+
+
+async def test_cached_verdict_follows_a_changed_answer() -> None:
+    reg = FakeRegistry()
+    digest = reg.image("demo/app")
+    clock = FakeClock()
+    source = make_source(reg, clock=clock, cache={"tag_ttl_seconds": 60, "missing_ttl_seconds": 30})
+    ref = parse_image("reg.test/demo/app:v1")
+    await source.verdict(ref)
+    assert source.cached(ref).verdict is Verdict.NOT_STREAMABLE
+    reg.referrer("demo/app", digest)  # the artifact appears
+    clock.advance(31)  # "none yet" (30 s) expired, the tag (60 s) not
+    assert source.cached(ref) is None
+    assert (await source.verdict(ref)).verdict is Verdict.STREAMABLE
+    assert source.cached(ref).verdict is Verdict.STREAMABLE
+    await source.aclose()
