@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from app import messages
+from app.decisionlog import DecisionLog
 from app.evaluate import Decision, evaluate, exemption, images_to_check, skip
 from app.images import ImageRef
 from app.memo import DecisionMemo, Judged, signature
@@ -82,6 +83,7 @@ class Admission:
     # must only hand the decision on (enqueue) and return at once; it never changes the answer.
     on_decision: Callable[[AdmissionRequest, Decision], None] | None = None
     memo: DecisionMemo = field(default_factory=DecisionMemo)
+    decision_log: DecisionLog = field(default_factory=DecisionLog)
     _background: set[asyncio.Task[ImageVerdict]] = field(default_factory=set, repr=False)
 
     def mode_for(self, namespace: str, policy: Policy) -> Mode:
@@ -181,7 +183,7 @@ class Admission:
                     self.on_decision(req, decision)
                 except Exception:
                     logger.exception("uid=%s decision hook failed; answer unchanged", req.uid)
-        _log_decision(req, endpoint, decision, outcome, took)
+        self.decision_log.write(req, endpoint, decision, outcome, took)
         if endpoint == "mutate":
             return AdmissionAnswer(allowed=True, patch=tuple(_patch(req, decision, wl)))
         if decision.allowed:
@@ -244,46 +246,3 @@ def _outcome(decision: Decision) -> str:
     if not decision.allowed:
         return "deny"
     return "warn" if decision.warnings else "allow"
-
-
-def _log_decision(
-    req: AdmissionRequest, endpoint: str, decision: Decision, outcome: str, took: float
-) -> None:
-    """One structured line per decision (skips at debug level: they carry no news)."""
-    level = logging.DEBUG if decision.skipped else logging.INFO
-    if not logger.isEnabledFor(level):
-        return
-    fields = {
-        "uid": req.uid,
-        "endpoint": endpoint,
-        "operation": req.operation,
-        "kind": req.kind,
-        "namespace": req.namespace,
-        "name": req.name,
-        "user": req.user,
-        "dryRun": req.dry_run,
-        "mode": decision.mode.value,
-        "decision": outcome,
-        "skipped": decision.skipped,
-        "images": [
-            {
-                "container": r.container.label,
-                "image": r.container.image,
-                "verdict": r.verdict.verdict.value,
-                "reason": r.verdict.reason,
-            }
-            for r in decision.reports
-        ],
-        "problems": [p.rule for p in decision.problems],
-        "ms": round(took * 1000, 3),
-    }
-    logger.log(
-        level,
-        "admission %s %s %s/%s: %s",
-        endpoint,
-        req.kind,
-        req.namespace,
-        req.name,
-        outcome,
-        extra={"fields": fields},
-    )
