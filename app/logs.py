@@ -12,6 +12,7 @@ included.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import sys
@@ -112,9 +113,14 @@ FLUSH_SECONDS = 0.2
 
 def stderr_stream() -> TextIO:
     """Standard error as a block-buffered text stream (Python's own `sys.stderr` is
-    line-buffered: one write system call per line)."""
+    line-buffered: one write system call per line). When standard error is not a file
+    (replaced by a test's capture, an embedding program), it is used as it is."""
+    try:
+        fileno = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return sys.stderr
     return open(
-        sys.stderr.fileno(),
+        fileno,
         "w",
         buffering=1 << 16,
         encoding="utf-8",
@@ -200,7 +206,8 @@ def configure(level: str = "info", fmt: str = "text", stream: TextIO | None = No
     root = logging.getLogger()
     for old in root.handlers:
         if isinstance(old, BufferedStreamHandler):
-            old.flush()
+            with contextlib.suppress(ValueError, OSError):  # its stream may be closed
+                old.flush()
             old.close()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
