@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from app.logs import FLUSH_SECONDS
+
 ROOT = Path(__file__).parents[2]
 CLUSTER = ROOT / "hack" / "cluster.sh"
 
@@ -112,6 +114,8 @@ class LocalWebhook:
         return f"sg-{mode}-{self.suffix}"
 
     def log_text(self) -> str:
+        """The decision log so far: info lines reach the file within FLUSH_SECONDS."""
+        time.sleep(2 * FLUSH_SECONDS)
         return self.log.read_text()
 
 

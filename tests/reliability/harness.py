@@ -30,6 +30,7 @@ import httpx
 import jsonpatch
 import yaml
 
+from app.logs import FLUSH_SECONDS
 from app.tls import issue_self_signed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -410,6 +411,8 @@ class ServerProcess:
             time.sleep(0.1)
 
     def log_text(self) -> str:
+        """The log so far: info lines reach the file within FLUSH_SECONDS (app/logs.py)."""
+        time.sleep(2 * FLUSH_SECONDS)
         try:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
