@@ -86,7 +86,8 @@ class RegistryVerdictSource:
         The verdict is kept (the `verdicts` cache in metrics) until the first of its entries
         expires or any entry is stored or dropped, and the same object comes back meanwhile:
         the admission's decision memo compares verdicts, and a repeated image costs one
-        dictionary look-up instead of three cache hits and a new verdict."""
+        dictionary look-up instead of three cache hits and a new verdict. Answers from here
+        count as cache hits, not in the look-up latency histogram (`on_lookup`: `verdict`)."""
         generation = self._lookup.generation
         kept = self._answers.get(ref.raw)
         if kept is not None and kept[2] == generation and kept[1] > self._clock():
@@ -101,9 +102,6 @@ class RegistryVerdictSource:
             if ref.raw not in self._answers and len(self._answers) >= self._answers_max:
                 del self._answers[next(iter(self._answers))]
             self._answers[ref.raw] = (verdict, until, generation)
-        self._observer.on_lookup(
-            registry=ref.registry, verdict=verdict.verdict.value, seconds=0.0, timed_out=False
-        )
         return verdict
 
     async def verdict(self, ref: ImageRef) -> ImageVerdict:

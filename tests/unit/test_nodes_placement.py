@@ -625,3 +625,23 @@ def test_speed_5000_nodes_100_pools() -> None:
     assert build < 2.0
     assert cold < 0.02
     assert warm < 0.001
+
+
+def test_repeated_scheduling_fields_answer_from_the_memo() -> None:
+    index = PlacementIndex(INVENTORY)
+    spec: dict[str, Any] = {
+        "nodeSelector": {"kubernetes.io/arch": "amd64"},
+        "tolerations": [{"key": "gpu", "operator": "Exists"}],
+        "containers": [{"name": "a", "image": "x"}],
+    }
+    first = index.place(spec)
+    other_template = {**spec, "containers": [{"name": "b", "image": "y"}], "volumes": []}
+    assert index.place(other_template) is first  # only the scheduling fields count
+    changed = {**spec, "nodeSelector": {"kubernetes.io/arch": "arm64"}}
+    assert [p.name for p in index.place(changed).pools] == [
+        p.name for p in PlacementIndex(INVENTORY).place(changed).pools
+    ]
+    assert index.place(changed) is not first
+    # values that are not plain JSON skip the memo and are still judged
+    odd = {**spec, "nodeName": object()}
+    assert index.place(odd).known
