@@ -55,7 +55,6 @@ def _scheduling_key(pod_spec: Mapping[str, Any]) -> bytes | None:
         return None
 
 
-
 @dataclass(frozen=True, slots=True)
 class _Group:
     """Nodes of one pool that the scheduler and the rules can't tell apart (but by name)."""
