@@ -61,6 +61,19 @@ def _tail(decision: Decision, outcome: str) -> _Tail:
     return _Tail(fields, text, as_json)
 
 
+def _text_head(message: str, head: dict[str, Any]) -> str:
+    """The message and the request's fields as `TextFormatter` writes them. When no value
+    has a space or a character that is not printable (the usual case), each is written as it
+    is, or `''` when empty, which is what `text_value` does for such strings."""
+    strings = [v for v in head.values() if type(v) is str]
+    joined = "".join(strings)
+    if len(strings) == len(head) - 1 and " " not in joined and joined.isprintable():
+        values = " ".join([f"{k}={v or repr(v)}" for k, v in head.items()])
+        return f"{message} {values}"  # the message holds the same values: printable too
+    values = " ".join([f"{k}={text_value(v)}" for k, v in head.items()])
+    return f"{escape_controls(message)} {values}"
+
+
 class DecisionLog:
     """Writes decision lines for `logger` (default `app.admission`)."""
 
@@ -121,10 +134,9 @@ class DecisionLog:
                 }
             ).decode()
         else:
-            values = " ".join([f"{k}={text_value(v)}" for k, v in head.items()])
             line = (
                 f"{text_time(now)} {level_name} {self.logger.name} "
-                f"{escape_controls(message)} {values} {tail.text} ms={ms}"
+                f"{_text_head(message, head)} {tail.text} ms={ms}"
             )
         handler.write_line(line, level)
 

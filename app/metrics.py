@@ -9,13 +9,17 @@ callbacks given to `watch`.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
+import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from app.registry.metrics import RegistryObserver
 from app.workloads import KINDS
@@ -71,6 +75,68 @@ class _Probes(Collector):
             yield family
 
 
+_go_float = cast(Callable[[float], str], floatToGoString)  # how prometheus_client writes `le`
+
+
+class LoopCounter(Collector):
+    """A counter for the admission path: a dict of floats updated without a lock, read by the
+    scrape thread from a copy. Updated from one thread only (the event loop's): admissions,
+    verdicts and registry cache events all happen there. prometheus_client's own counter
+    takes a lock per increment, and an admission counts several times."""
+
+    def __init__(
+        self, name: str, doc: str, labels: tuple[str, ...], *, registry: CollectorRegistry
+    ) -> None:
+        self.name, self.doc, self.labels = name, doc, labels
+        self.values: dict[tuple[str, ...], float] = {}
+        registry.register(self)
+
+    def inc(self, labels: tuple[str, ...], amount: float = 1.0) -> None:
+        self.values[labels] = self.values.get(labels, 0.0) + amount
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.doc, labels=list(self.labels))
+        for key, value in list(self.values.items()):
+            family.add_metric(list(key), value)
+        yield family
+
+
+class LoopHistogram(Collector):
+    """A histogram, updated like `LoopCounter`: per label set, a count per bucket and a sum."""
+
+    def __init__(
+        self,
+        name: str,
+        doc: str,
+        labels: tuple[str, ...],
+        *,
+        buckets: tuple[float, ...],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name, self.doc, self.labels = name, doc, labels
+        self.bounds = (*buckets, math.inf)
+        self._le = tuple(_go_float(b) for b in self.bounds)  # "0.0005" ... "+Inf"
+        self.counts: dict[tuple[str, ...], list[int]] = {}
+        self.sums: dict[tuple[str, ...], float] = {}
+        registry.register(self)
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        counts = self.counts.get(labels)
+        if counts is None:
+            counts = self.counts[labels] = [0] * len(self.bounds)
+            self.sums[labels] = 0.0
+        counts[bisect.bisect_left(self.bounds, value)] += 1  # first bound >= value: `le`
+        self.sums[labels] += value
+
+    def collect(self) -> Iterable[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.doc, labels=list(self.labels))
+        for key, counts in list(self.counts.items()):
+            cumulative = itertools.accumulate(list(counts))
+            buckets = list(zip(self._le, cumulative, strict=True))
+            family.add_metric(list(key), buckets, sum_value=self.sums.get(key, 0.0))
+        yield family
+
+
 class _Children:
     """`metric.labels(...)` once per label combination: prometheus_client's `labels()` checks
     and copies its arguments on every call (about 2 µs), and the admission path counts several
@@ -91,16 +157,16 @@ class Metrics(RegistryObserver):
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.admissions = Counter(
+        self.admissions = LoopCounter(
             "streamgate_admission_requests",
             "Admission requests answered",
-            ["endpoint", "kind", "operation", "decision"],
+            ("endpoint", "kind", "operation", "decision"),
             registry=r,
         )
-        self.admission_seconds = Histogram(
+        self.admission_seconds = LoopHistogram(
             "streamgate_admission_duration_seconds",
             "Time to answer one admission request",
-            ["endpoint"],
+            ("endpoint",),
             buckets=ADMISSION_BUCKETS,
             registry=r,
         )
@@ -110,8 +176,11 @@ class Metrics(RegistryObserver):
             ["endpoint", "code"],
             registry=r,
         )
-        self.verdicts = Counter(
-            "streamgate_image_verdicts", "Image verdicts used in decisions", ["verdict"], registry=r
+        self.verdicts = LoopCounter(
+            "streamgate_image_verdicts",
+            "Image verdicts used in decisions",
+            ("verdict",),
+            registry=r,
         )
         self.registry_requests = Counter(
             "streamgate_registry_requests",
@@ -132,10 +201,10 @@ class Metrics(RegistryObserver):
             ["registry", "kind", "outcome"],
             registry=r,
         )
-        self.cache_events = Counter(
+        self.cache_events = LoopCounter(
             "streamgate_cache_events",
             "Registry cache hits, misses, stale answers, evictions",
-            ["cache", "event"],
+            ("cache", "event"),
             registry=r,
         )
         self.circuit = Gauge(
@@ -162,10 +231,6 @@ class Metrics(RegistryObserver):
         )
         self._probes = _Probes()
         r.register(self._probes)
-        self._admissions = _Children(self.admissions)
-        self._admission_seconds = _Children(self.admission_seconds)
-        self._verdicts = _Children(self.verdicts)
-        self._cache_events = _Children(self.cache_events)
         self._lookups = _Children(self.lookups)
         self._registries: set[str] = set()
 
@@ -184,11 +249,11 @@ class Metrics(RegistryObserver):
     ) -> None:
         kind = kind if kind in _KINDS else OTHER
         operation = operation if operation in _OPERATIONS else OTHER
-        self._admissions(endpoint, kind, operation, decision).inc()
-        self._admission_seconds(endpoint).observe(seconds)
+        self.admissions.inc((endpoint, kind, operation, decision))
+        self.admission_seconds.observe((endpoint,), seconds)
 
     def on_verdict(self, verdict: str) -> None:
-        self._verdicts(verdict).inc()
+        self.verdicts.inc((verdict,))
 
     def on_bad_request(self, *, endpoint: str, code: int) -> None:
         self.bad_reviews.labels(endpoint, str(code)).inc()
@@ -210,7 +275,7 @@ class Metrics(RegistryObserver):
         self.tokens.labels(self._registry(registry), kind, outcome).inc()
 
     def on_cache(self, *, cache: str, event: str) -> None:
-        self._cache_events(cache, event).inc()
+        self.cache_events.inc((cache, event))
 
     def on_circuit(self, *, registry: str, state: str) -> None:
         registry = self._registry(registry)

@@ -76,15 +76,15 @@ DECISION = Decision(
 STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
 
 
-def both_ways(buf: io.StringIO) -> tuple[str, str]:
+def both_ways(buf: io.StringIO, name: str = "web-1\nFORGED line") -> tuple[str, str]:
     """One line written directly, then the same decision through `logging` (a filter on the
     logger makes the direct path step aside)."""
     log = DecisionLog()
-    log.write(request(), "validate", DECISION, "warn", 0.00042)
+    log.write(request(name), "validate", DECISION, "warn", 0.00042)
     log.logger.addFilter(lambda record: True)
     try:
         assert logs.direct_handler(log.logger, logging.INFO) is None
-        log.write(request(), "validate", DECISION, "warn", 0.00042)
+        log.write(request(name), "validate", DECISION, "warn", 0.00042)
     finally:
         log.logger.filters.clear()
     logging.getLogger().handlers[0].flush()
@@ -92,11 +92,13 @@ def both_ways(buf: io.StringIO) -> tuple[str, str]:
     return direct, through_logging
 
 
-def test_text_line_is_the_formatters_line(configured):
-    direct, through_logging = both_ways(configured("text"))
+@pytest.mark.parametrize("name", ["web-1\nFORGED line", "", "web-1", "has space", "tab\tx"])
+def test_text_line_is_the_formatters_line(configured, name):
+    direct, through_logging = both_ways(configured("text"), name)
     assert STAMP.match(direct) and STAMP.match(through_logging)
     assert STAMP.sub("", direct) == STAMP.sub("", through_logging)
-    assert "web-1\\nFORGED line" in direct  # the name cannot start a line of its own
+    # two lines in all (both_ways unpacks them): a name cannot start a line of its own
+    assert "FORGED" not in direct or "web-1\\nFORGED line" in direct
     assert "images=[" in direct and 'problems=["notStreamable"]' in direct
     assert direct.endswith(" ms=0.42")
 

@@ -47,3 +47,30 @@ def test_probes_are_read_at_scrape_time_and_never_break_a_scrape():
     assert 'streamgate_test_gauge{k="a"} 1.0' in text(m)
     state["n"] = 7.0
     assert 'streamgate_test_gauge{k="a"} 7.0' in text(m)
+
+
+def test_loop_metrics_expose_what_prometheus_client_would():
+    """The lock-free admission-path metrics against prometheus_client's own, same updates."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    from app.metrics import ADMISSION_BUCKETS, LoopCounter, LoopHistogram
+
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    counter = LoopCounter("t_events", "doc", ("a", "b"), registry=ours)
+    histogram = LoopHistogram("t_seconds", "doc", ("e",), buckets=ADMISSION_BUCKETS, registry=ours)
+    ref_counter = Counter("t_events", "doc", ["a", "b"], registry=theirs)
+    ref_histogram = Histogram("t_seconds", "doc", ["e"], buckets=ADMISSION_BUCKETS, registry=theirs)
+    for i, seconds in enumerate([0.0, 0.0005, 0.0007, 0.001, 0.004, 0.3, 7.0, 0.0002]):
+        labels = ("x", "y") if i % 3 else ("x", "z")
+        counter.inc(labels)
+        ref_counter.labels(*labels).inc()
+        endpoint = ("validate",) if i % 2 else ("mutate",)
+        histogram.observe(endpoint, seconds)
+        ref_histogram.labels(*endpoint).observe(seconds)
+
+    def samples(registry: CollectorRegistry) -> list[str]:
+        lines = generate_latest(registry).decode().splitlines()
+        return sorted(line for line in lines if line and "_created" not in line)
+
+    assert samples(ours) == samples(theirs)
+    assert 't_seconds_bucket{e="validate",le="0.0005"} 2.0' in samples(ours)
