@@ -7,6 +7,7 @@ switch streaming off.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,16 +23,26 @@ def _get(obj: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     return node
 
 
+# Pointers are the same few strings on every admission: escaped once.
+@functools.lru_cache(maxsize=256)
+def _annotations_path(meta: tuple[str, ...]) -> str:
+    return pointer((*meta, "annotations"))
+
+
+@functools.lru_cache(maxsize=1024)
+def _annotation_path(meta: tuple[str, ...], key: str) -> str:
+    return f"{_annotations_path(meta)}/{escape_pointer(key)}"
+
+
 def _annotate(obj: Mapping[str, Any], meta: tuple[str, ...], values: Mapping[str, str]) -> list[Op]:
     metadata = _get(obj, meta)
     if not isinstance(metadata, Mapping):
         return [{"op": "add", "path": pointer(meta), "value": {"annotations": dict(values)}}]
     existing = metadata.get("annotations")
     if not isinstance(existing, Mapping):
-        return [{"op": "add", "path": pointer((*meta, "annotations")), "value": dict(values)}]
-    base = pointer((*meta, "annotations"))
+        return [{"op": "add", "path": _annotations_path(meta), "value": dict(values)}]
     return [
-        {"op": "add", "path": f"{base}/{escape_pointer(key)}", "value": value}
+        {"op": "add", "path": _annotation_path(meta, key), "value": value}
         for key, value in values.items()
         if existing.get(key) != value
     ]

@@ -60,9 +60,11 @@ class WorkloadError(ValueError):
     """The object has no usable pod spec where its kind says it should; `str()` says where."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Workload:
-    """A judged object: its kind, metadata and pod spec, all as mappings from the request."""
+    """A judged object: its kind, metadata and pod spec, all as mappings from the request.
+    Read-only by convention; not frozen, as it is built on every admission (see
+    app.review.AdmissionRequest)."""
 
     group: str
     kind: str
