@@ -2,7 +2,7 @@
 
 Paths come from the workload table (`app.workloads`), so every kind is patched where its
 metadata and pod template live. Images are never touched: rewriting a tag into a digest would
-switch streaming off.
+switch streaming off. Shapes are checked with `isinstance(x, dict)` (see app.workloads).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ Op = dict[str, Any]
 def _get(obj: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     node: Any = obj
     for part in path:
-        node = node.get(part) if isinstance(node, Mapping) else None
+        node = node.get(part) if isinstance(node, dict) else None
     return node
 
 
@@ -36,10 +36,10 @@ def _annotation_path(meta: tuple[str, ...], key: str) -> str:
 
 def _annotate(obj: Mapping[str, Any], meta: tuple[str, ...], values: Mapping[str, str]) -> list[Op]:
     metadata = _get(obj, meta)
-    if not isinstance(metadata, Mapping):
+    if not isinstance(metadata, dict):
         return [{"op": "add", "path": pointer(meta), "value": {"annotations": dict(values)}}]
     existing = metadata.get("annotations")
-    if not isinstance(existing, Mapping):
+    if not isinstance(existing, dict):
         return [{"op": "add", "path": _annotations_path(meta), "value": dict(values)}]
     return [
         {"op": "add", "path": _annotation_path(meta, key), "value": value}
@@ -69,10 +69,10 @@ def steer_ops(workload: Workload, label: tuple[str, str]) -> list[Op]:
     expr = {"key": key, "operator": "In", "values": [value]}
     spec = workload.spec_path
     affinity = _get(workload.obj, (*spec, "affinity"))
-    node_affinity = affinity.get("nodeAffinity") if isinstance(affinity, Mapping) else None
-    required = node_affinity.get(_REQUIRED) if isinstance(node_affinity, Mapping) else None
+    node_affinity = affinity.get("nodeAffinity") if isinstance(affinity, dict) else None
+    required = node_affinity.get(_REQUIRED) if isinstance(node_affinity, dict) else None
     new_required = {"nodeSelectorTerms": [{"matchExpressions": [expr]}]}
-    if not isinstance(affinity, Mapping):
+    if not isinstance(affinity, dict):
         return [
             {
                 "op": "add",
@@ -80,7 +80,7 @@ def steer_ops(workload: Workload, label: tuple[str, str]) -> list[Op]:
                 "value": {"nodeAffinity": {_REQUIRED: new_required}},
             }
         ]
-    if not isinstance(node_affinity, Mapping):
+    if not isinstance(node_affinity, dict):
         return [
             {
                 "op": "add",
@@ -89,16 +89,16 @@ def steer_ops(workload: Workload, label: tuple[str, str]) -> list[Op]:
             }
         ]
     base = (*spec, "affinity", "nodeAffinity", _REQUIRED)
-    terms = required.get("nodeSelectorTerms") if isinstance(required, Mapping) else None
+    terms = required.get("nodeSelectorTerms") if isinstance(required, dict) else None
     if not isinstance(terms, list):
         return [{"op": "add", "path": pointer(base), "value": new_required}]
     ops: list[Op] = []
     for i, term in enumerate(terms):
-        exprs = term.get("matchExpressions") if isinstance(term, Mapping) else None
+        exprs = term.get("matchExpressions") if isinstance(term, dict) else None
         where = (*base, "nodeSelectorTerms", str(i), "matchExpressions")
         if isinstance(exprs, list):
             if expr not in exprs:
                 ops.append({"op": "add", "path": pointer(where) + "/-", "value": expr})
-        elif isinstance(term, Mapping):
+        elif isinstance(term, dict):
             ops.append({"op": "add", "path": pointer(where), "value": [expr]})
     return ops

@@ -3,6 +3,10 @@
 `KINDS` maps a (group, kind) to the path of its pod spec. From it come the containers to
 judge (`containers`, `initContainers`, `ephemeralContainers`), the metadata paths to
 annotate (the object's and its pod template's), and the JSON pointers patches use.
+
+Objects come from JSON (a review, a manifest, the API), so their mappings are dicts: shapes
+are checked with `isinstance(x, dict)`, which costs a fraction of an ABC `Mapping` check on
+a path every admission takes.
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ class Workload:
     @property
     def metadata(self) -> Mapping[str, Any]:
         meta = self.obj.get("metadata")
-        return meta if isinstance(meta, Mapping) else {}
+        return meta if isinstance(meta, dict) else {}
 
     @property
     def name(self) -> str:
@@ -84,14 +88,14 @@ class Workload:
     @property
     def annotations(self) -> Mapping[str, Any]:
         ann = self.metadata.get("annotations")
-        return ann if isinstance(ann, Mapping) else {}
+        return ann if isinstance(ann, dict) else {}
 
     @property
     def pod_spec(self) -> Mapping[str, Any]:
         node: Any = self.obj
         for part in self.spec_path:
-            node = node.get(part) if isinstance(node, Mapping) else None
-        return node if isinstance(node, Mapping) else {}
+            node = node.get(part) if isinstance(node, dict) else None
+        return node if isinstance(node, dict) else {}
 
     @property
     def template_metadata_path(self) -> tuple[str, ...] | None:
@@ -104,9 +108,9 @@ class Workload:
         path = self.template_metadata_path
         node: Any = self.obj
         for part in path or ("metadata",):
-            node = node.get(part) if isinstance(node, Mapping) else None
-        ann = node.get("annotations") if isinstance(node, Mapping) else None
-        return ann if isinstance(ann, Mapping) else {}
+            node = node.get(part) if isinstance(node, dict) else None
+        ann = node.get("annotations") if isinstance(node, dict) else None
+        return ann if isinstance(ann, dict) else {}
 
     def containers(self) -> Iterator[Container]:
         yield from containers_of(self.pod_spec)
@@ -118,7 +122,7 @@ class Workload:
         if not isinstance(refs, list):
             return None
         for ref in refs:
-            if isinstance(ref, Mapping) and ref.get("controller") is True:
+            if isinstance(ref, dict) and ref.get("controller") is True:
                 kind = ref.get("kind")
                 return kind if isinstance(kind, str) else None
         return None
@@ -130,7 +134,7 @@ def containers_of(pod_spec: Mapping[str, Any]) -> Iterator[Container]:
         if not isinstance(items, list):
             continue
         for index, item in enumerate(items):
-            if isinstance(item, Mapping):
+            if isinstance(item, dict):
                 name = item.get("name")
                 yield Container(
                     field=field,
@@ -150,8 +154,8 @@ def workload(group: str, kind: str, obj: Mapping[str, Any]) -> Workload | None:
     wl = Workload(group=group, kind=kind, obj=obj, spec_path=spec_path)
     node: Any = obj
     for depth, part in enumerate(spec_path):
-        node = node.get(part) if isinstance(node, Mapping) else None
-        if not isinstance(node, Mapping):
+        node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
             where = ".".join(spec_path[: depth + 1])
             raise WorkloadError(f"{kind} has no {where} object")
     return wl
