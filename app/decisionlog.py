@@ -61,17 +61,41 @@ def _tail(decision: Decision, outcome: str) -> _Tail:
     return _Tail(fields, text, as_json)
 
 
-def _text_head(message: str, head: dict[str, Any]) -> str:
+def _head(req: AdmissionRequest, endpoint: str) -> dict[str, Any]:
+    return {
+        "uid": req.uid,
+        "endpoint": endpoint,
+        "operation": req.operation,
+        "kind": req.kind,
+        "namespace": req.namespace,
+        "name": req.name,
+        "user": req.user,
+        "dryRun": req.dry_run,
+    }
+
+
+def _text_head(req: AdmissionRequest, endpoint: str, outcome: str) -> str:
     """The message and the request's fields as `TextFormatter` writes them. When no value
     has a space or a character that is not printable (the usual case), each is written as it
     is, or `''` when empty, which is what `text_value` does for such strings."""
-    strings = [v for v in head.values() if type(v) is str]
-    joined = "".join(strings)
-    if len(strings) == len(head) - 1 and " " not in joined and joined.isprintable():
-        values = " ".join([f"{k}={v or repr(v)}" for k, v in head.items()])
-        return f"{message} {values}"  # the message holds the same values: printable too
-    values = " ".join([f"{k}={text_value(v)}" for k, v in head.items()])
-    return f"{escape_controls(message)} {values}"
+    uid, op, kind, ns, name, user = (
+        req.uid,
+        req.operation,
+        req.kind,
+        req.namespace,
+        req.name,
+        req.user,
+    )
+    message = f"admission {endpoint} {kind} {ns}/{name}: {outcome}"
+    joined = uid + op + kind + ns + name + user
+    if " " in joined or not joined.isprintable():
+        values = " ".join([f"{k}={text_value(v)}" for k, v in _head(req, endpoint).items()])
+        return f"{escape_controls(message)} {values}"
+    q = "''"
+    return (
+        f"{message} uid={uid or q} endpoint={endpoint} operation={op or q} kind={kind or q} "
+        f"namespace={ns or q} name={name or q} user={user or q} dryRun={req.dry_run}"
+    )
 
 
 class DecisionLog:
@@ -93,16 +117,6 @@ class DecisionLog:
         if not self.logger.isEnabledFor(level):
             return
         tail = self._tail(decision, outcome)
-        head = {
-            "uid": req.uid,
-            "endpoint": endpoint,
-            "operation": req.operation,
-            "kind": req.kind,
-            "namespace": req.namespace,
-            "name": req.name,
-            "user": req.user,
-            "dryRun": req.dry_run,
-        }
         ms = round(took * 1000, 3)
         direct = direct_handler(self.logger, level)
         if direct is None:
@@ -114,30 +128,28 @@ class DecisionLog:
                 req.namespace,
                 req.name,
                 outcome,
-                extra={"fields": {**head, **tail.fields, "ms": ms}},
+                extra={"fields": {**_head(req, endpoint), **tail.fields, "ms": ms}},
             )
             return
         handler, fmt = direct
-        message = f"admission {endpoint} {req.kind} {req.namespace}/{req.name}: {outcome}"
         now = time.time()
         level_name = logging.getLevelName(level)
         if fmt == "json":
+            message = f"admission {endpoint} {req.kind} {req.namespace}/{req.name}: {outcome}"
             line = orjson.dumps(
                 {
                     "time": json_time(now),
                     "level": level_name.lower(),
                     "logger": self.logger.name,
                     "msg": message,
-                    **head,
+                    **_head(req, endpoint),
                     **tail.json,
                     "ms": ms,
                 }
             ).decode()
         else:
-            line = (
-                f"{text_time(now)} {level_name} {self.logger.name} "
-                f"{_text_head(message, head)} {tail.text} ms={ms}"
-            )
+            head = _text_head(req, endpoint, outcome)
+            line = f"{text_time(now)} {level_name} {self.logger.name} {head} {tail.text} ms={ms}"
         handler.write_line(line, level)
 
     def _tail(self, decision: Decision, outcome: str) -> _Tail:

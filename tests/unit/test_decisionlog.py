@@ -92,7 +92,9 @@ def both_ways(buf: io.StringIO, name: str = "web-1\nFORGED line") -> tuple[str, 
     return direct, through_logging
 
 
-@pytest.mark.parametrize("name", ["web-1\nFORGED line", "", "web-1", "has space", "tab\tx"])
+@pytest.mark.parametrize(
+    "name", ["web-1\nFORGED line", "", "web-1", "has space", "tab\tx", "{outcome}%s", "ünï"]
+)
 def test_text_line_is_the_formatters_line(configured, name):
     direct, through_logging = both_ways(configured("text"), name)
     assert STAMP.match(direct) and STAMP.match(through_logging)
