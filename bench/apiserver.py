@@ -139,6 +139,31 @@ def _admission_seconds(metrics_port: int) -> dict[str, tuple[float, float]]:
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
+async def _apiserver_webhook_seconds(client: httpx.AsyncClient) -> dict[str, tuple[float, float]]:
+    """webhook name -> (sum, count) of the apiserver's own time per call to it (CREATE)."""
+    text = (await client.get("/metrics")).text
+    out: dict[str, list[float]] = {}
+    for m in re.finditer(
+        r"^apiserver_admission_webhook_admission_duration_seconds_(sum|count)"
+        r'\{name="(\w+)\.streamgate\.io",operation="CREATE",rejected="false"[^}]*\} (\S+)$',
+        text,
+        re.M,
+    ):
+        out.setdefault(m[2], [0.0, 0.0])[0 if m[1] == "sum" else 1] += float(m[3])
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def _mean_ms(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+) -> dict[str, float]:
+    return {
+        k: round(
+            1000 * (v[0] - before.get(k, (0, 0))[0]) / max(1.0, v[1] - before.get(k, (0, 0))[1]), 3
+        )
+        for k, v in after.items()
+    }
+
+
 def run(ctx: Ctx) -> dict[str, Any]:
     s = ctx.settings
     if ctx.kubeconfig is None:
@@ -164,7 +189,6 @@ def run(ctx: Ctx) -> dict[str, Any]:
         "STREAMGATE_POLICY": str(policy),
     }
     api = Api(ctx.kubeconfig, ctx.work)
-    per_round = max(1, s.api_pods // s.api_rounds)
 
     async def main() -> dict[str, Any]:
         async with api.client(s.api_concurrency) as client:
@@ -191,31 +215,42 @@ def run(ctx: Ctx) -> dict[str, Any]:
                     raise RuntimeError("the webhook never annotated a pod in " + on_ns)
                 for ns in (on_ns, off_ns):  # warm-up: caches, connections
                     await create_many(client, ns, 50, s.api_concurrency, images)
-                rounds: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+                loads = [(1, s.api_sequential_pods), (s.api_concurrency, s.api_pods)]
+                rounds: dict[int, dict[str, list[dict[str, Any]]]] = {}
                 m0 = _admission_seconds(metrics_port)
-                for r in range(s.api_rounds):
-                    order = [("on", on_ns), ("off", off_ns)]
-                    for key, ns in order if r % 2 == 0 else order[::-1]:
-                        lat, wall, annotated = await create_many(
-                            client, ns, per_round, s.api_concurrency, images
+                seen_by_apiserver: dict[int, dict[str, float]] = {}
+                for concurrency, pods in loads:
+                    a0 = await _apiserver_webhook_seconds(client)
+                    per_round = max(1, pods // s.api_rounds)
+                    rounds[concurrency] = {"on": [], "off": []}
+                    for r in range(s.api_rounds):
+                        order = [("on", on_ns), ("off", off_ns)]
+                        for key, ns in order if r % 2 == 0 else order[::-1]:
+                            lat, wall, annotated = await create_many(
+                                client, ns, per_round, concurrency, images
+                            )
+                            rounds[concurrency][key].append(
+                                {
+                                    "p50_ms": percentile(lat, 50),
+                                    "p99_ms": percentile(lat, 99),
+                                    "rate": per_round / wall,
+                                    "annotated": annotated,
+                                    "pods": per_round,
+                                }
+                            )
+                        log(
+                            f"apiserver {concurrency} at a time, round {r + 1}: with "
+                            f"{rounds[concurrency]['on'][-1]['p99_ms']:.1f} ms p99, without "
+                            f"{rounds[concurrency]['off'][-1]['p99_ms']:.1f} ms p99"
                         )
-                        rounds[key].append(
-                            {
-                                "p50_ms": percentile(lat, 50),
-                                "p99_ms": percentile(lat, 99),
-                                "rate": per_round / wall,
-                                "annotated": annotated,
-                            }
-                        )
-                    log(
-                        f"apiserver round {r + 1}: with {rounds['on'][-1]['p99_ms']:.1f} ms p99, "
-                        f"without {rounds['off'][-1]['p99_ms']:.1f} ms p99"
+                    seen_by_apiserver[concurrency] = _mean_ms(
+                        a0, await _apiserver_webhook_seconds(client)
                     )
                 m1 = _admission_seconds(metrics_port)
             finally:
                 _webhook("down", env)
             lat, _, annotated = await create_many(
-                client, on_ns, per_round, s.api_concurrency, images
+                client, on_ns, max(1, s.api_pods // s.api_rounds), s.api_concurrency, images
             )
             down = {
                 "p50_ms": percentile(lat, 50),
@@ -233,20 +268,37 @@ def run(ctx: Ctx) -> dict[str, Any]:
             )
             for e in m1
         }
-        return {"version": version, "rounds": rounds, "down": down, "webhook_ms": webhook}
+        return {
+            "version": version,
+            "rounds": rounds,
+            "down": down,
+            "webhook_ms": webhook,
+            "seen_by_apiserver": seen_by_apiserver,
+        }
 
     got = asyncio.run(main())
-    rounds = got["rounds"]
     out: dict[str, Any] = {
         "apiserver_version": got["version"],
-        "concurrency": s.api_concurrency,
-        "pods_per_round": per_round,
         "rounds": s.api_rounds,
         "down": got["down"],
         "webhook_latency": ", ".join(
             f"mean {v} ms per /{k}" for k, v in sorted(got["webhook_ms"].items())
         ),
+        "loads": [
+            {
+                **_load(concurrency, rounds),
+                "apiserver_ms_per_call": got["seen_by_apiserver"][concurrency],
+            }
+            for concurrency, rounds in got["rounds"].items()
+        ],
     }
+    return out
+
+
+def _load(concurrency: int, rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """One load's figures: each side's median over the rounds, and the added latency as the
+    median of the per-round differences (rounds alternate which side goes first)."""
+    out: dict[str, Any] = {"concurrency": concurrency, "pods_per_round": rounds["on"][0]["pods"]}
     for key in ("on", "off"):
         out[key] = {
             k: summary([x[k] for x in rounds[key]], 2) for k in ("p50_ms", "p99_ms", "rate")

@@ -23,8 +23,9 @@ class Settings:
     cold_images: int = 30  # M never-seen images
     cold_runs: int = 3
     cold_delay_ms: float = 50.0
-    api_pods: int = 1000  # per namespace, with and without the webhook
+    api_pods: int = 1000  # per namespace, with and without the webhook, 50 at a time
     api_concurrency: int = 50
+    api_sequential_pods: int = 800  # per namespace, one at a time: the added latency itself
     api_rounds: int = 4
     scale_verdicts: int = 100_000
     scale_nodes: int = 5000
@@ -45,6 +46,7 @@ class Settings:
             cold_runs=1,
             api_pods=20,
             api_concurrency=10,
+            api_sequential_pods=4,
             api_rounds=1,
             scale_verdicts=1000,
             scale_nodes=50,

@@ -172,11 +172,14 @@ def _summary(sections: dict[str, Any]) -> list[str]:
             f"{ok(cold.get('single_arch_max_requests') is not None and cold['single_arch_max_requests'] <= 3)} |"
         )
     api = sections.get("apiserver", {})
-    if api and "error" not in api and api.get("added_p99_ms"):
-        added = api["added_p99_ms"]
+    if api and "error" not in api and api.get("loads"):
+        one = api["loads"][0]
+        added = one["added_p99_ms"]
+        many = api["loads"][-1]
         rows.append(
-            f"| API server: ≤ 5 ms added at p99 per create | {fmt(added, ' ms')} | "
-            f"{ok(added['median'] <= 5)} |"
+            f"| API server: ≤ 5 ms added at p99 per create | {fmt(added, ' ms')} one at a time"
+            f" ({fmt(many['added_p99_ms'], ' ms')} with {many['concurrency']} at a time on the"
+            f" saturated machine) | {ok(added['median'] <= 5)} |"
         )
     scale = sections.get("scale", {})
     if scale and "error" not in scale and scale.get("p99_growth_ms") is not None:
@@ -283,22 +286,52 @@ def _apiserver(a: dict[str, Any]) -> list[str]:
     out = ["## Through the API server", "", *_error(a)]
     if "error" in a or "skipped" in a:
         return out + ([a["skipped"], ""] if "skipped" in a else [])
+    loads = a.get("loads", [])
     out += [
         f"Pods created on the local control plane (kube-apiserver {a.get('apiserver_version', '')},"
-        f" etcd, KWOK nodes), {a['concurrency']} at a time over HTTP/2, {a['pods_per_round']}"
-        f" per namespace per round, {a['rounds']} rounds alternating between a namespace the"
-        " webhook is registered for (both the mutating and the validating webhook are called:"
-        " `hack/webhook.sh up` with a namespace label) and one it is not. Pods name a scheduler"
-        " that does not exist, so nothing schedules or runs them. The webhook is the real"
-        " `streamgate serve` started by `hack/webhook.sh`.",
+        " etcd, KWOK nodes) over HTTP/2, in rounds alternating between a namespace the webhook"
+        " is registered for (both the mutating and the validating webhook are called:"
+        " `hack/webhook.sh up` with a namespace label) and one it is not, "
+        f"{a['rounds']} rounds per load. Pods name a scheduler that does not exist, so nothing"
+        " schedules or runs them. The webhook is the real `streamgate serve` started by"
+        " `hack/webhook.sh`.",
         "",
-        "| | p50 per create | p99 per create | creates/s |",
-        "|---|---|---|---|",
-        f"| without the webhook | {fmt(a['off']['p50_ms'], ' ms')} | {fmt(a['off']['p99_ms'], ' ms')} | {fmt(a['off']['rate'])} |",
-        f"| with the webhook (mutate + validate) | {fmt(a['on']['p50_ms'], ' ms')} | {fmt(a['on']['p99_ms'], ' ms')} | {fmt(a['on']['rate'])} |",
-        f"| **added** | {fmt(a['added_p50_ms'], ' ms')} | {fmt(a['added_p99_ms'], ' ms')} | |",
+        "Two loads: **one create at a time**, where the added time is what the webhook adds to"
+        " a create (the apiserver's two HTTPS calls, streamgate's answers, the patch applied);"
+        " and **many at a time**, which saturates this 2-core machine (apiserver, etcd,"
+        " scheduler, controller-manager, KWOK, the client and the webhook share the cores), so"
+        " that the added time there is queueing behind the extra CPU work, and the drop in"
+        " creates/s is that work's cost. The target is judged on the first.",
         "",
+        "| load | | p50 per create | p99 per create | creates/s |",
+        "|---|---|---|---|---|",
     ]
+    for load in loads:
+        label = f"{load['concurrency']} at a time, {load['pods_per_round']} per round"
+        on, off = load["on"], load["off"]
+        out += [
+            f"| {label} | without the webhook | {fmt(off['p50_ms'], ' ms')} |"
+            f" {fmt(off['p99_ms'], ' ms')} | {fmt(off['rate'])} |",
+            f"| | with the webhook (mutate + validate) | {fmt(on['p50_ms'], ' ms')} |"
+            f" {fmt(on['p99_ms'], ' ms')} | {fmt(on['rate'])} |",
+            f"| | **added** | {fmt(load['added_p50_ms'], ' ms')} |"
+            f" {fmt(load['added_p99_ms'], ' ms')} | |",
+        ]
+    out.append("")
+    per_call = [
+        f"{load['concurrency']} at a time: "
+        + ", ".join(f"/{k} {v:g} ms" for k, v in sorted(load["apiserver_ms_per_call"].items()))
+        for load in loads
+        if load.get("apiserver_ms_per_call")
+    ]
+    if per_call:
+        out += [
+            "The apiserver's own time per webhook call (its"
+            " `apiserver_admission_webhook_admission_duration_seconds`, mean over the load):"
+            f" {'; '.join(per_call)}. It covers building the AdmissionReview, the HTTPS round"
+            " trip, streamgate's answer, and applying the patch.",
+            "",
+        ]
     if a.get("down"):
         out += [
             f"After `hack/webhook.sh down`: p50 {a['down']['p50_ms']:g} ms, p99"

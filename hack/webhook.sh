@@ -43,7 +43,7 @@ render() {
   if [[ -n "$ONLY_LABEL" ]]; then
     only=(--set "webhook.namespaceSelectorExpressions[0].key=${ONLY_LABEL%%=*}"
           --set "webhook.namespaceSelectorExpressions[0].operator=In"
-          --set "webhook.namespaceSelectorExpressions[0].values[0]=${ONLY_LABEL#*=}")
+          --set-string "webhook.namespaceSelectorExpressions[0].values[0]=${ONLY_LABEL#*=}")
   fi
   "$(helm_bin)" template "$RELEASE" "$ROOT/chart" --namespace "$NAMESPACE" \
     --set deployment.enabled=false \
