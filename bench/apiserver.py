@@ -23,6 +23,15 @@ from bench.warm import DEMO_NAMESPACE
 
 WEBHOOK_SH = ROOT / "hack" / "webhook.sh"
 LABEL = "streamgate-bench"
+ECHO_LABEL = "streamgate-bench-echo"
+# The chart's webhook names, and the names the no-op control's copy of them gets (the
+# apiserver's metrics are labelled by webhook name).
+WEBHOOK_NAMES = {
+    "mutate.streamgate.io": "/mutate",
+    "validate.streamgate.io": "/validate",
+    "mutate.echo.bench.streamgate.io": "no-op /mutate",
+    "validate.echo.bench.streamgate.io": "no-op /validate",
+}
 
 
 class Api:
@@ -126,6 +135,79 @@ def _webhook(cmd: str, env: dict[str, str]) -> None:
         raise RuntimeError(f"hack/webhook.sh {cmd} failed: {res.stderr[-1500:]}")
 
 
+class EchoWebhook:
+    """The control: the warm-path baseline (bench/baseline.py, parses the review and answers
+    `allowed: true`) registered as both webhooks, through the chart's own configurations
+    (URL mode), for namespaces labelled `ECHO_LABEL=<run>`. What it adds to a create is
+    what any webhook adds here; streamgate's figure beyond it is its own."""
+
+    def __init__(self, ctx: Ctx, runid: str) -> None:
+        self.ctx, self.runid = ctx, runid
+        self.port = free_port()
+        self.proc = ctx.baseline(f"echo-webhook-{runid}", self.port)
+        self.manifest = ctx.work / f"echo-webhook-{runid}.yaml"
+
+    def _render(self) -> str:
+        helm = (
+            subprocess.run(
+                ["bash", str(ROOT / "hack" / "k8s-binaries.sh"), "--print-dir"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        ca = base64.b64encode(self.ctx.certs.ca.read_bytes()).decode()
+        out = subprocess.run(
+            [
+                f"{helm}/helm",
+                "template",
+                f"sgbench-echo-{self.runid}",
+                str(ROOT / "chart"),
+                "--set",
+                "deployment.enabled=false",
+                "--set",
+                f"webhook.url=https://127.0.0.1:{self.port}",
+                "--set",
+                f"webhook.caBundle={ca}",
+                "--set",
+                f"webhook.namespaceSelectorExpressions[0].key={ECHO_LABEL}",
+                "--set",
+                "webhook.namespaceSelectorExpressions[0].operator=In",
+                "--set-string",
+                f"webhook.namespaceSelectorExpressions[0].values[0]={self.runid}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return out.replace(
+            "name: mutate.streamgate.io", "name: mutate.echo.bench.streamgate.io"
+        ).replace("name: validate.streamgate.io", "name: validate.echo.bench.streamgate.io")
+
+    def up(self) -> None:
+        self.proc.start()
+        self.proc.wait_https(f"https://127.0.0.1:{self.port}/healthz", self.ctx.certs.ca)
+        self.manifest.write_text(self._render())
+        self._kubectl("apply")
+
+    def down(self) -> None:
+        if self.manifest.exists():
+            self._kubectl("delete", "--ignore-not-found")
+        self.proc.stop()
+
+    def _kubectl(self, *verb: str) -> None:
+        res = subprocess.run(
+            ["kubectl", "--kubeconfig", str(self.ctx.kubeconfig), *verb, "-f", str(self.manifest)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if res.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(verb)} (echo webhook): {res.stderr[-800:]}")
+
+
 def _admission_seconds(metrics_port: int) -> dict[str, tuple[float, float]]:
     """endpoint -> (sum, count) of streamgate_admission_duration_seconds."""
     text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
@@ -145,11 +227,14 @@ async def _apiserver_webhook_seconds(client: httpx.AsyncClient) -> dict[str, tup
     out: dict[str, list[float]] = {}
     for m in re.finditer(
         r"^apiserver_admission_webhook_admission_duration_seconds_(sum|count)"
-        r'\{name="(\w+)\.streamgate\.io",operation="CREATE",rejected="false"[^}]*\} (\S+)$',
+        r'\{name="([\w.]+)",operation="CREATE",rejected="false"[^}]*\} (\S+)$',
         text,
         re.M,
     ):
-        out.setdefault(m[2], [0.0, 0.0])[0 if m[1] == "sum" else 1] += float(m[3])
+        if m[2] in WEBHOOK_NAMES:
+            out.setdefault(WEBHOOK_NAMES[m[2]], [0.0, 0.0])[0 if m[1] == "sum" else 1] += float(
+                m[3]
+            )
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
@@ -177,6 +262,8 @@ def run(ctx: Ctx) -> dict[str, Any]:
     images = [f"{ctx.olareg.host}/{DEMO_NAMESPACE}/{n}:v1" for n in DEMO_IMAGES] + [PUBLIC_IMAGE]
     runid = uuid.uuid4().hex[:8]
     on_ns, off_ns = f"sgbench-on-{runid}", f"sgbench-off-{runid}"
+    echo_ns = f"sgbench-echo-{runid}"
+    echo = EchoWebhook(ctx, runid)
     policy = ctx.work / "policy-apiserver.yaml"
     policy.write_text(policy_yaml([ctx.olareg.host]))
     metrics_port = free_port()
@@ -193,7 +280,11 @@ def run(ctx: Ctx) -> dict[str, Any]:
     async def main() -> dict[str, Any]:
         async with api.client(s.api_concurrency) as client:
             version = (await client.get("/version")).json().get("gitVersion", "")
-            for ns, labels in ((on_ns, {LABEL: runid}), (off_ns, {})):
+            for ns, labels in (
+                (on_ns, {LABEL: runid}),
+                (off_ns, {}),
+                (echo_ns, {ECHO_LABEL: runid}),
+            ):
                 resp = await client.post(
                     "/api/v1/namespaces",
                     json={
@@ -205,6 +296,7 @@ def run(ctx: Ctx) -> dict[str, Any]:
                 resp.raise_for_status()
             try:
                 _webhook("up", env)
+                echo.up()
                 # Until the apiserver sees the new configurations, creates pass unjudged.
                 for _ in range(100):
                     _, _, annotated = await create_many(client, on_ns, 5, 5, images)
@@ -213,7 +305,7 @@ def run(ctx: Ctx) -> dict[str, Any]:
                     await asyncio.sleep(0.2)
                 else:
                     raise RuntimeError("the webhook never annotated a pod in " + on_ns)
-                for ns in (on_ns, off_ns):  # warm-up: caches, connections
+                for ns in (on_ns, off_ns, echo_ns):  # warm-up: caches, connections
                     await create_many(client, ns, 50, s.api_concurrency, images)
                 loads = [(1, s.api_sequential_pods), (s.api_concurrency, s.api_pods)]
                 rounds: dict[int, dict[str, list[dict[str, Any]]]] = {}
@@ -222,10 +314,10 @@ def run(ctx: Ctx) -> dict[str, Any]:
                 for concurrency, pods in loads:
                     a0 = await _apiserver_webhook_seconds(client)
                     per_round = max(1, pods // s.api_rounds)
-                    rounds[concurrency] = {"on": [], "off": []}
+                    rounds[concurrency] = {"on": [], "off": [], "echo": []}
                     for r in range(s.api_rounds):
-                        order = [("on", on_ns), ("off", off_ns)]
-                        for key, ns in order if r % 2 == 0 else order[::-1]:
+                        order = [("on", on_ns), ("off", off_ns), ("echo", echo_ns)]
+                        for key, ns in order[r % 3 :] + order[: r % 3]:
                             lat, wall, annotated = await create_many(
                                 client, ns, per_round, concurrency, images
                             )
@@ -240,7 +332,8 @@ def run(ctx: Ctx) -> dict[str, Any]:
                             )
                         log(
                             f"apiserver {concurrency} at a time, round {r + 1}: with "
-                            f"{rounds[concurrency]['on'][-1]['p99_ms']:.1f} ms p99, without "
+                            f"{rounds[concurrency]['on'][-1]['p99_ms']:.1f} ms p99, no-op webhook "
+                            f"{rounds[concurrency]['echo'][-1]['p99_ms']:.1f} ms p99, without "
                             f"{rounds[concurrency]['off'][-1]['p99_ms']:.1f} ms p99"
                         )
                     seen_by_apiserver[concurrency] = _mean_ms(
@@ -248,6 +341,7 @@ def run(ctx: Ctx) -> dict[str, Any]:
                     )
                 m1 = _admission_seconds(metrics_port)
             finally:
+                echo.down()
                 _webhook("down", env)
             lat, _, annotated = await create_many(
                 client, on_ns, max(1, s.api_pods // s.api_rounds), s.api_concurrency, images
@@ -257,7 +351,7 @@ def run(ctx: Ctx) -> dict[str, Any]:
                 "p99_ms": percentile(lat, 99),
                 "annotated": annotated,
             }
-            for ns in (on_ns, off_ns):
+            for ns in (on_ns, off_ns, echo_ns):
                 await client.delete(f"/api/v1/namespaces/{ns}")
         webhook = {
             e: round(
@@ -299,13 +393,18 @@ def _load(concurrency: int, rounds: dict[str, list[dict[str, Any]]]) -> dict[str
     """One load's figures: each side's median over the rounds, and the added latency as the
     median of the per-round differences (rounds alternate which side goes first)."""
     out: dict[str, Any] = {"concurrency": concurrency, "pods_per_round": rounds["on"][0]["pods"]}
-    for key in ("on", "off"):
+    for key in ("on", "off", "echo"):
         out[key] = {
             k: summary([x[k] for x in rounds[key]], 2) for k in ("p50_ms", "p99_ms", "rate")
         }
         out[key]["annotated"] = sum(x["annotated"] for x in rounds[key])
     for q in ("p50_ms", "p99_ms"):
-        out[f"added_{q}"] = summary(
-            [a[q] - b[q] for a, b in zip(rounds["on"], rounds["off"], strict=True)], 2
-        )
+        for name, (a, b) in {
+            "added": ("on", "off"),  # streamgate against no webhook
+            "added_by_noop": ("echo", "off"),  # any webhook against no webhook
+            "beyond_noop": ("on", "echo"),  # streamgate against the no-op webhook
+        }.items():
+            out[f"{name}_{q}"] = summary(
+                [x[q] - y[q] for x, y in zip(rounds[a], rounds[b], strict=True)], 2
+            )
     return out
