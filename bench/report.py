@@ -296,14 +296,15 @@ def _apiserver(a: dict[str, Any]) -> list[str]:
     loads = a.get("loads", [])
     out += [
         f"Pods created on the local control plane (kube-apiserver {a.get('apiserver_version', '')},"
-        " etcd, KWOK nodes) over HTTP/2, in rounds alternating between a namespace the webhook"
-        " is registered for (both the mutating and the validating webhook are called:"
-        " `hack/webhook.sh up` with a namespace label) and one it is not, "
-        f"{a['rounds']} rounds per load. Pods name a scheduler that does not exist, so nothing"
+        " etcd, KWOK nodes) over HTTP/2, in rounds rotating over three namespaces: one the"
+        " webhook is registered for (both the mutating and the validating webhook are called:"
+        " `hack/webhook.sh up` with a namespace label), one no webhook is registered for, and"
+        f" one sent to a no-op webhook (below); {a['rounds']} rounds per load, each namespace"
+        " first in turn; the added time is the median of the per-round differences. Pods name a scheduler that does not exist, so nothing"
         " schedules or runs them. The webhook is the real `streamgate serve` started by"
         " `hack/webhook.sh`.",
         "",
-        "A third namespace is sent to a no-op webhook: the warm path's baseline app (parses the"
+        "The no-op webhook is the warm path's baseline app (parses the"
         " review, answers `allowed: true`) registered through the same chart configurations."
         " What it adds is what any webhook costs the apiserver here; the difference to"
         " streamgate is streamgate's own.",
