@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -113,44 +114,43 @@ def test_json_line_is_the_formatters_object(configured):
     assert direct["problems"] == ["notStreamable"] and direct["ms"] == 0.42
 
 
-def test_info_lines_are_buffered_and_warnings_flushed_at_once():
-    buf = io.StringIO()
-    handler = logs.BufferedStreamHandler(buf, interval=3600)
-    handler.setFormatter(logs.TextFormatter())
-    logger = logging.getLogger("test.buffered")
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    try:
-        logger.warning("first")  # flushes what is pending too
-        logger.info("second")
-        assert "first" in buf.getvalue()
-        # StringIO has no buffer to flush: the handler's pending mark is what tells
-        assert handler._pending
-        handler.flush()
-        assert not handler._pending
-    finally:
-        logger.removeHandler(handler)
-        handler.close()
-
-
-def test_pending_lines_reach_the_file_within_the_interval(tmp_path):
-    path = tmp_path / "log"
+@contextlib.contextmanager
+def buffered_logger(path, interval: float):
+    """A logger writing through a BufferedStreamHandler into a block-buffered file."""
     with path.open("w", buffering=1 << 16) as stream:
-        handler = logs.BufferedStreamHandler(stream, interval=0.05)
+        handler = logs.BufferedStreamHandler(stream, interval=interval)
         handler.setFormatter(logs.TextFormatter())
-        logger = logging.getLogger("test.interval")
+        logger = logging.getLogger(f"test.buffered.{path.name}")
         logger.propagate = False
         logger.setLevel(logging.INFO)
         logger.addHandler(handler)
         try:
-            logger.info("buffered line")
-            assert path.read_text() == ""  # still in the stream's buffer
-            for _ in range(100):
-                if "buffered line" in path.read_text():
-                    break
-                time.sleep(0.01)
-            assert "buffered line" in path.read_text()
+            yield logger, handler
         finally:
             logger.removeHandler(handler)
             handler.close()
+
+
+def test_info_lines_wait_and_warnings_are_written_at_once(tmp_path):
+    path = tmp_path / "log"
+    with buffered_logger(path, interval=3600) as (logger, handler):
+        logger.info("first")
+        assert path.read_text() == ""  # still in the stream's buffer
+        logger.warning("second")  # written at once, with what was pending
+        assert "first" in path.read_text() and "second" in path.read_text()
+        logger.info("third")
+        assert "third" not in path.read_text()
+        handler.flush()  # what logging.shutdown does at exit
+        assert "third" in path.read_text()
+
+
+def test_pending_lines_reach_the_file_within_the_interval(tmp_path):
+    path = tmp_path / "log"
+    with buffered_logger(path, interval=0.05) as (logger, _):
+        logger.info("buffered line")
+        assert path.read_text() == ""  # still in the stream's buffer
+        for _ in range(100):
+            if "buffered line" in path.read_text():
+                break
+            time.sleep(0.01)
+        assert "buffered line" in path.read_text()
