@@ -97,5 +97,5 @@ def decode(body: bytes) -> dict[str, Any] | None:
             return None
     try:
         return _DECODER.decode(body)
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, RecursionError):  # nesting past msgspec's depth limit
         return None

@@ -125,13 +125,23 @@ class AdmissionApp:
             return 413, _error_body(reason)
         try:
             review = parse_review(body)
-            answer = await self.admission.answer(review, endpoint)
         except ReviewError as err:
             logger.info("bad review on /%s: %s", endpoint, err)
-            if self.on_bad_request:
-                self.on_bad_request(endpoint, 400)
-            return 400, _error_body(str(err))
+            return self._bad_request(endpoint, str(err))
+        except Exception:  # a parser bug must not become a 500: the body is what broke it
+            logger.exception("review on /%s could not be parsed", endpoint)
+            return self._bad_request(endpoint, "the review could not be parsed")
+        try:
+            answer = await self.admission.answer(review, endpoint)
+        except ReviewError as err:  # a judged kind without a pod spec
+            logger.info("bad review on /%s: %s", endpoint, err)
+            return self._bad_request(endpoint, str(err))
         return 200, render(review, answer)
+
+    def _bad_request(self, endpoint: Endpoint, reason: str) -> tuple[int, bytes]:
+        if self.on_bad_request:
+            self.on_bad_request(endpoint, 400)
+        return 400, _error_body(reason)
 
 
 def create_app(

@@ -135,8 +135,25 @@ def test_enforce_namespace_denies_with_every_problem(webhook):
             200,
             None,
         ),
+        (
+            b'{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":'
+            + b'{"a":' * 3000
+            + b"1"
+            + b"}" * 3001,
+            400,
+            "depth limit",
+        ),
     ],
-    ids=["truncated", "non-utf8", "empty", "no-request", "no-uid", "no-pod-spec", "unknown-kind"],
+    ids=[
+        "truncated",
+        "non-utf8",
+        "empty",
+        "no-request",
+        "no-uid",
+        "no-pod-spec",
+        "unknown-kind",
+        "nested-too-deep",
+    ],
 )
 def test_bad_input_gets_a_clear_answer(webhook, content, status, fragment):
     with webhook.client() as client:
@@ -230,3 +247,14 @@ def test_connection_without_a_complete_request_is_closed(webhook):
         time.sleep(FIRST_REQUEST_TIMEOUT / 2)
         tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert tls.recv(1024).startswith(b"HTTP/1.1 200")
+
+
+def test_a_parser_bug_is_a_400_not_a_500(webhook, monkeypatch):
+    def broken(body):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr("app.server.parse_review", broken)
+    with webhook.client() as client:
+        resp = client.post("/validate", content=b"{}")
+    assert resp.status_code == 400
+    assert resp.json()["error"] == "the review could not be parsed"

@@ -170,6 +170,11 @@ async def test_the_cases_exercise_patches_warnings_and_steering():
             "request.object: Input should be a valid dictionary",
         ),
         (b"[1, 2]", "not a JSON object"),
+        # nesting deeper than either decoder takes, in a field the typed decoder skips
+        (
+            b'{"kind":"AdmissionReview","request":' + b'{"a":' * 3000 + b"1" + b"}" * 3001,
+            "not valid UTF-8 JSON",
+        ),
         (b'{"kind": NaN}', "not valid UTF-8 JSON"),
     ],
 )
