@@ -19,7 +19,7 @@ from app import messages
 from app.decisionlog import DecisionLog
 from app.evaluate import Decision, evaluate, exemption, images_to_check, skip
 from app.images import ImageRef
-from app.memo import DecisionMemo, Judged, signature
+from app.memo import DecisionMemo, Judged, Key, signature
 from app.patches import annotation_ops, steer_ops
 from app.policy import Mode, OnError, Policy
 from app.pools import PlacementSource
@@ -142,16 +142,9 @@ class Admission:
         if req.operation == "UPDATE" and req.old_obj is not None and _unchanged(req, wl):
             return skip(mode, "images and scheduling unchanged"), wl
         key = signature(wl, mode)
-        known: dict[ImageRef, ImageVerdict] = {}
-        if key is not None:
-            refs = self.memo.refs_for(key, policy)
-            if refs is not None:
-                current = tuple([self.verdicts.cached(ref) for ref in refs])
-                placement = self.placement.place(wl.pod_spec)
-                memoised = self.memo.get(key, policy, current, placement)
-                if memoised is not None:
-                    return memoised, wl
-                known = {ref: v for ref, v in zip(refs, current, strict=True) if v is not None}
+        memoised, known = self._from_memo(key, wl, policy)
+        if memoised is not None:
+            return memoised, wl
         refs = tuple(images_to_check(wl, policy))
         verdicts = await self.lookup(refs, known)
         placement = self.placement.place(wl.pod_spec)
@@ -160,6 +153,20 @@ class Admission:
             judged = Judged(refs, tuple([verdicts[r] for r in refs]), placement, decision)
             self.memo.put(key, policy, judged)
         return decision, wl
+
+    def _from_memo(
+        self, key: Key | None, wl: Workload, policy: Policy
+    ) -> tuple[Decision | None, dict[ImageRef, ImageVerdict]]:
+        """The memoised decision for this template when its verdicts (fresh from the cache)
+        and placement are unchanged; else None, with the cached verdicts it did find."""
+        refs = self.memo.refs_for(key, policy) if key is not None else None
+        if key is None or refs is None:
+            return None, {}
+        current = tuple([self.verdicts.cached(ref) for ref in refs])
+        memoised = self.memo.get(key, policy, current, self.placement.place(wl.pod_spec))
+        if memoised is not None:
+            return memoised, {}
+        return None, {ref: v for ref, v in zip(refs, current, strict=True) if v is not None}
 
     async def answer(self, req: AdmissionRequest, endpoint: Endpoint) -> AdmissionAnswer:
         started = time.perf_counter()

@@ -24,6 +24,8 @@ from app.workloads import CONTAINER_FIELDS, Workload
 
 DEFAULT_SIZE = 2048
 
+Key = tuple[Hashable, ...]
+
 
 @dataclass(frozen=True, slots=True)
 class Judged:
@@ -55,7 +57,7 @@ def _containers(pod_spec: Mapping[str, Any]) -> tuple[Hashable, ...] | None:
     return tuple(out)
 
 
-def signature(workload: Workload, mode: Mode) -> tuple[Hashable, ...] | None:
+def signature(workload: Workload, mode: Mode) -> Key | None:
     """What `evaluate` reads from the workload (besides placement), as a hashable key; None
     when the workload has a shape the memo does not handle."""
     spec = workload.pod_spec
@@ -72,7 +74,7 @@ class DecisionMemo:
 
     def __init__(self, size: int = DEFAULT_SIZE) -> None:
         self._size = size
-        self._entries: dict[tuple[Hashable, ...], Judged] = {}
+        self._entries: dict[Key, Judged] = {}
         self._policy: Policy | None = None
         self.hits = 0
         self.misses = 0
@@ -82,7 +84,7 @@ class DecisionMemo:
 
     def get(
         self,
-        key: tuple[Hashable, ...],
+        key: Key,
         policy: Policy,
         verdicts: tuple[ImageVerdict | None, ...],
         placement: Placement,
@@ -96,14 +98,14 @@ class DecisionMemo:
         self.hits += 1
         return judged.decision
 
-    def refs_for(self, key: tuple[Hashable, ...], policy: Policy) -> tuple[ImageRef, ...] | None:
+    def refs_for(self, key: Key, policy: Policy) -> tuple[ImageRef, ...] | None:
         """The images an earlier evaluation of `key` asked about, or None when unknown."""
         if policy is not self._policy:
             return None
         judged = self._entries.get(key)
         return judged.refs if judged is not None else None
 
-    def put(self, key: tuple[Hashable, ...], policy: Policy, judged: Judged) -> None:
+    def put(self, key: Key, policy: Policy, judged: Judged) -> None:
         if self._size <= 0:
             return
         if policy is not self._policy:
