@@ -81,7 +81,7 @@ _go_float = cast(Callable[[float], str], floatToGoString)  # how prometheus_clie
 class LoopCounter(Collector):
     """A counter for the admission path: a dict of floats updated without a lock, read by the
     scrape thread from a copy. Updated from one thread only (the event loop's): admissions,
-    verdicts and registry cache events all happen there. prometheus_client's own counter
+    verdicts, image look-ups and registry cache events all happen there. prometheus_client's own counter
     takes a lock per increment, and an admission counts several times."""
 
     def __init__(
@@ -135,22 +135,6 @@ class LoopHistogram(Collector):
             buckets = list(zip(self._le, cumulative, strict=True))
             family.add_metric(list(key), buckets, sum_value=self.sums.get(key, 0.0))
         yield family
-
-
-class _Children:
-    """`metric.labels(...)` once per label combination: prometheus_client's `labels()` checks
-    and copies its arguments on every call (about 2 µs), and the admission path counts several
-    times per request. Label values reaching here are already bounded (see above)."""
-
-    def __init__(self, metric: Any) -> None:
-        self._metric = metric
-        self._children: dict[tuple[str, ...], Any] = {}
-
-    def __call__(self, *values: str) -> Any:
-        child = self._children.get(values)
-        if child is None:
-            child = self._children[values] = self._metric.labels(*values)
-        return child
 
 
 class Metrics(RegistryObserver):
@@ -213,10 +197,10 @@ class Metrics(RegistryObserver):
             ["registry"],
             registry=r,
         )
-        self.lookups = Histogram(
+        self.lookups = LoopHistogram(
             "streamgate_image_lookup_duration_seconds",
             "Time to a verdict for one image",
-            ["verdict"],
+            ("verdict",),
             buckets=REGISTRY_BUCKETS,
             registry=r,
         )
@@ -231,7 +215,6 @@ class Metrics(RegistryObserver):
         )
         self._probes = _Probes()
         r.register(self._probes)
-        self._lookups = _Children(self.lookups)
         self._registries: set[str] = set()
 
     def _registry(self, registry: str) -> str:
@@ -283,7 +266,7 @@ class Metrics(RegistryObserver):
             self.circuit.labels(registry).set(1.0 if state == "open" else 0.0)
 
     def on_lookup(self, *, registry: str, verdict: str, seconds: float, timed_out: bool) -> None:
-        self._lookups(verdict).observe(seconds)
+        self.lookups.observe((verdict,), seconds)
 
     # ---- scrape-time gauges ---------------------------------------------------------------
 
