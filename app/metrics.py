@@ -81,8 +81,8 @@ _go_float = cast(Callable[[float], str], floatToGoString)  # how prometheus_clie
 class LoopCounter(Collector):
     """A counter for the admission path: a dict of floats updated without a lock, read by the
     scrape thread from a copy. Updated from one thread only (the event loop's): admissions,
-    verdicts, image look-ups and registry cache events all happen there. prometheus_client's own counter
-    takes a lock per increment, and an admission counts several times."""
+    verdicts, image look-ups and registry cache events all happen there. prometheus_client's
+    own counter takes a lock per increment, and an admission counts several times."""
 
     def __init__(
         self, name: str, doc: str, labels: tuple[str, ...], *, registry: CollectorRegistry
