@@ -148,12 +148,7 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            line = self.format(record) + self.terminator
-            self.stream.write(line)
-            if record.levelno >= logging.WARNING:
-                self.stream.flush()
-            else:
-                self._pending = True
+            self._write(self.format(record), record.levelno)
         except RecursionError:
             raise
         except Exception:
@@ -163,13 +158,16 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         """Write one formatted line, as `emit` would (for writers that format their own)."""
         with self.lock:  # type: ignore[union-attr]
             try:
-                self.stream.write(line + self.terminator)
-                if levelno >= logging.WARNING:
-                    self.stream.flush()
-                else:
-                    self._pending = True
+                self._write(line, levelno)
             except Exception:
                 self.handleError(logging.makeLogRecord({"msg": line, "levelno": levelno}))
+
+    def _write(self, line: str, levelno: int) -> None:
+        self.stream.write(line + self.terminator)
+        if levelno >= logging.WARNING:
+            self.stream.flush()
+        else:
+            self._pending = True
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
