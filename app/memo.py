@@ -99,11 +99,13 @@ class DecisionMemo:
         return judged.decision
 
     def refs_for(self, key: Key, policy: Policy) -> tuple[ImageRef, ...] | None:
-        """The images an earlier evaluation of `key` asked about, or None when unknown."""
-        if policy is not self._policy:
+        """The images an earlier evaluation of `key` asked about, or None when unknown (a miss;
+        `get` counts the rest)."""
+        judged = self._entries.get(key) if policy is self._policy else None
+        if judged is None:
+            self.misses += 1
             return None
-        judged = self._entries.get(key)
-        return judged.refs if judged is not None else None
+        return judged.refs
 
     def put(self, key: Key, policy: Policy, judged: Judged) -> None:
         if self._size <= 0:

@@ -271,6 +271,17 @@ async def run_webhook(settings: ServeSettings) -> None:
         policy=policy,
         observer=metrics,
     )
+    memo = admission.memo
+    metrics.watch(
+        "streamgate_decision_memo",
+        "Decisions handed back from the per-template memo (hits), judged anew (misses), held",
+        ("event",),
+        lambda: [
+            ({"event": "hits"}, float(memo.hits)),
+            ({"event": "misses"}, float(memo.misses)),
+            ({"event": "entries"}, float(len(memo))),
+        ],
+    )
     recorder = None
     if settings.events and settings.kube:
         kube = settings.kube

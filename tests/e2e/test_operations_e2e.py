@@ -68,6 +68,11 @@ def test_metrics_count_real_admissions(webhook, kubectl):
     assert value(after, "streamgate_registry_requests_total", registry=REGISTRY) > 0
     assert value(after, "streamgate_cache_lookups", event="hits") > 0
     assert 1 <= value(after, "streamgate_cache_entries", cache="tags") <= 10000  # bounded LRU
+    # Pods of one template: /validate of each and the later /mutates reuse one decision.
+    assert value(after, "streamgate_decision_memo", event="hits") > value(
+        before, "streamgate_decision_memo", event="hits"
+    )
+    assert 1 <= value(after, "streamgate_decision_memo", event="entries") <= 2048
     # Node pools by streaming ability, from the live inventory (2 AKS-style pools stream...).
     assert value(after, "streamgate_node_pools", streaming="yes") >= 2
     assert value(after, "streamgate_node_pools", streaming="no") >= 7
