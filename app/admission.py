@@ -22,7 +22,7 @@ from app.images import ImageRef
 from app.memo import DecisionMemo, Judged, Key, signature
 from app.patches import annotation_ops, steer_ops
 from app.policy import Mode, OnError, Policy
-from app.pools import PlacementSource
+from app.pools import Placement, PlacementSource
 from app.review import AdmissionAnswer, AdmissionRequest, ReviewError
 from app.verdicts import ImageVerdict, Verdict, VerdictSource
 from app.workloads import Workload, WorkloadError, judged_signature, workload
@@ -142,12 +142,12 @@ class Admission:
         if req.operation == "UPDATE" and req.old_obj is not None and _unchanged(req, wl):
             return skip(mode, "images and scheduling unchanged"), wl
         key = signature(wl, mode)
-        memoised, known = self._from_memo(key, wl, policy)
+        placement = self.placement.place(wl.pod_spec)
+        memoised, known = self._from_memo(key, policy, placement)
         if memoised is not None:
             return memoised, wl
         refs = tuple(images_to_check(wl, policy))
         verdicts = await self.lookup(refs, known)
-        placement = self.placement.place(wl.pod_spec)
         decision = evaluate(wl, mode=mode, policy=policy, verdicts=verdicts, placement=placement)
         if key is not None:
             judged = Judged(refs, tuple([verdicts[r] for r in refs]), placement, decision)
@@ -155,7 +155,7 @@ class Admission:
         return decision, wl
 
     def _from_memo(
-        self, key: Key | None, wl: Workload, policy: Policy
+        self, key: Key | None, policy: Policy, placement: Placement
     ) -> tuple[Decision | None, dict[ImageRef, ImageVerdict]]:
         """The memoised decision for this template when its verdicts (fresh from the cache)
         and placement are unchanged; else None, with the cached verdicts it did find."""
@@ -163,7 +163,7 @@ class Admission:
         if key is None or refs is None:
             return None, {}
         current = tuple([self.verdicts.cached(ref) for ref in refs])
-        memoised = self.memo.get(key, policy, current, self.placement.place(wl.pod_spec))
+        memoised = self.memo.get(key, policy, current, placement)
         if memoised is not None:
             return memoised, {}
         return None, {ref: v for ref, v in zip(refs, current, strict=True) if v is not None}
