@@ -40,6 +40,7 @@ WITHIN = DEADLINE + GRACE + MARGIN
 OPEN_SECONDS = 1.5
 THRESHOLD = 3
 WARN_NS, ENFORCE_NS = "apps", "strict"
+TIMED_OUT = "registry timed out"
 
 
 @dataclass
@@ -57,19 +58,19 @@ class Case:
 
 
 CASES = [
-    Case("hang", {"kind": "hang"}, "registry timed out", "opens"),
-    Case("slow trickle", {"kind": "trickle", "delay": 0.3}, "registry timed out", "opens"),
+    Case("hang", {"kind": "hang"}, TIMED_OUT, "opens"),
+    Case("slow trickle", {"kind": "trickle", "delay": 0.3}, TIMED_OUT, "opens"),
     # HEADs answer at once, GET bodies drip: failures are in a row once the tags are cached.
     Case(
         "slow body (GETs)",
         {"kind": "drip", "delay": 0.3, "match": "^GET "},
-        "registry timed out",
+        TIMED_OUT,
         "opens",
     ),
     Case(
         "stall (3 s, then the answer)",
         {"kind": "stall", "delay": 3.0},
-        "registry timed out",
+        TIMED_OUT,
         "opens",
     ),
     Case("connection reset", {"kind": "reset"}, "registry unavailable", "opens"),
@@ -195,13 +196,22 @@ def _requests(case: Case) -> int:
 def test_fault(case: Case, proxies: list[Case], target: ServerProcess, record: Row) -> None:
     record.area = "registry faults"
     record.tried = case.name
-    host, slowest, cases = case.host, 0.0, 0
+    host, slowest, cases, stalls = case.host, 0.0, 0, 0
 
     def admit(image: str, namespace: str = WARN_NS) -> Answer:
-        nonlocal slowest, cases
-        answer = target.admit(pod("p", [f"{host}/{image}"]), namespace=namespace)
-        slowest, cases = max(slowest, answer.seconds), cases + 1
-        assert answer.seconds < WITHIN, f"{image}: {answer.seconds:.2f}s"
+        """One admission; asked again (at most twice) when it says "registry timed out" in
+        a case whose registry answers at once: the machine stalled past the 0.5 s deadline
+        (a CI run saw one), and the look-up goes on in the background. The next answer must
+        be the case's own."""
+        nonlocal slowest, cases, stalls
+        for _ in range(3):
+            answer = target.admit(pod("p", [f"{host}/{image}"]), namespace=namespace)
+            slowest, cases = max(slowest, answer.seconds), cases + 1
+            assert answer.seconds < WITHIN, f"{image}: {answer.seconds:.2f}s"
+            if case.reason == TIMED_OUT or not_checked(answer) != TIMED_OUT:
+                return answer
+            stalls += 1
+            time.sleep(DEADLINE)  # a retry at once would join the stalled look-up
         return answer
 
     # 1. What the registry says while healthy goes into the caches.
@@ -246,6 +256,7 @@ def test_fault(case: Case, proxies: list[Case], target: ServerProcess, record: R
         f"unknown: {case.reason}; warn → allowed, enforce → denied; "
         f"cache answered; {observed}; slowest admission over HTTPS {slowest * 1000:.0f} ms "
         f"(registry deadline {DEADLINE * 1000:.0f} ms)"
+        + (f"; {stalls} timed out on a stalled machine and were asked again" if stalls else "")
     )
 
 
