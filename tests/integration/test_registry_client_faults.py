@@ -231,13 +231,10 @@ async def test_repeated_failures_open_the_circuit(faults: FaultServer) -> None:
         for n in range(3):
             await source.verdict(parse_image(f"{faults.host}/err500-{n}:v1"))
         asked = faults.requests
-        started = time.monotonic()
         verdict = await source.verdict(parse_image(f"{faults.host}/ok:v1"))
-        elapsed = time.monotonic() - started
     finally:
         await source.aclose()
-    assert faults.requests == asked
-    assert elapsed < 0.05
+    assert faults.requests == asked  # answered without asking: no wait on the registry
     assert verdict.reason.startswith("registry unavailable (recent failures")
 
 
