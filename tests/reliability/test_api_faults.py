@@ -229,14 +229,23 @@ def test_watch_from_an_expired_resource_version_relists(
         # watch cache. (Runtime classes hardly change: their cache still replays from 1.)
         nodes = watcher._reflectors[0]
         listed = caplog.text.count("nodes: listed")
-        nodes.resource_version = "1"
-        nodes.interrupt()  # the current watch ends; the next starts from "1"
-        eventually(
-            lambda: (
+
+        def relisted_after_410() -> bool:
+            if (
                 "nodes: resourceVersion expired; listing again" in caplog.text
                 and caplog.text.count("nodes: listed") > listed
-            ),
+            ):
+                return True
+            # The current watch ends; the next starts from "1". Asked again until it takes:
+            # events the ending watch had read already may still move resource_version on.
+            nodes.resource_version = "1"
+            nodes.interrupt()
+            return False
+
+        eventually(
+            relisted_after_410,
             timeout=20,
+            interval=1.0,
             what="the node watch to get 410 and list again",
         )
         kubectl("create", "-f", "-", stdin=yaml.safe_dump({
