@@ -53,3 +53,41 @@ def test_profile_summary_and_figures(tmp_path):
     assert shares["parse_review"] == 75.0
     assert shares["  decision log line (_log_decision)"] == 25.0
     assert summary([3, 1, 2]) == {"median": 2.0, "min": 1.0, "max": 3.0, "runs": [3.0, 1.0, 2.0]}
+
+
+def test_added_latency_pools_every_round_and_gives_an_interval():
+    """The API server's added p99 is the p99 of all creates of one side minus the other's,
+    with a bootstrap interval around it; one round's p99 is nearly its maximum."""
+    import random
+
+    from bench.apiserver import _load, pooled_difference
+    from bench.report import _apiserver
+
+    rng = random.Random(3)
+    # Rounds of 100 creates: "on" is "off" shifted by 4 ms, with one slow outlier per round.
+    sides: dict[str, list[dict[str, object]]] = {"on": [], "off": [], "echo": []}
+    for r in range(4):
+        base = [rng.uniform(4.0, 6.0) for _ in range(100)]
+        for key, shift in (("on", 4.0), ("off", 0.0), ("echo", 2.0)):
+            lat = [v + shift for v in base]
+            lat[r] = 40.0 + 10 * r
+            sides[key].append(
+                {
+                    "p50_ms": 0,
+                    "p99_ms": 0,
+                    "rate": 1,
+                    "annotated": 0,
+                    "pods": 100,
+                    "latencies_ms": lat,
+                }
+            )
+    load = _load(1, sides)
+    added = load["pooled_added_p99_ms"]
+    assert 3.0 <= added["value"] <= 5.0, added
+    assert added["low"] <= added["value"] <= added["high"], added
+    assert load["on"]["creates"] == 400
+    assert 1.5 <= load["pooled_beyond_noop_p50_ms"]["value"] <= 2.5, load
+    same = pooled_difference([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], 50)
+    assert same["value"] == 0 and same["low"] <= 0 <= same["high"]
+    text = "\n".join(_apiserver({"rounds": 4, "apiserver_version": "v1", "loads": [load]}))
+    assert "400 creates per side" in text and "90 % interval" in text, text
