@@ -20,13 +20,13 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $@
 
 lint: install ## ruff and mypy --strict
-	$(BIN)/ruff check app tests hack
-	$(BIN)/ruff format --check app tests hack
-	$(BIN)/mypy app
+	$(BIN)/ruff check app tests hack bench
+	$(BIN)/ruff format --check app tests hack bench
+	$(BIN)/mypy app bench
 
 format: install
-	$(BIN)/ruff format app tests hack
-	$(BIN)/ruff check --fix app tests hack
+	$(BIN)/ruff format app tests hack bench
+	$(BIN)/ruff check --fix app tests hack bench
 
 test: lint ## lint, then every test (unit, real registries, real control plane)
 	@$(BIN)/python -m pytest -ra $(PYTEST_ARGS); rc=$$?; \

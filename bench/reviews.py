@@ -229,7 +229,7 @@ def deployment_review(
             "template": {"metadata": {"labels": {"app": app}}, "spec": template_spec},
         },
     }
-    obj = copy.deepcopy(applied)
+    obj: dict[str, Any] = copy.deepcopy(applied)
     obj["metadata"]["annotations"] = {
         "kubectl.kubernetes.io/last-applied-configuration": json.dumps(applied) + "\n"
     }

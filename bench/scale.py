@@ -60,7 +60,7 @@ def run(ctx: Ctx) -> dict[str, Any]:
         (f"{s.scale_nodes:,} nodes in {s.scale_pools} pools", nodes),
         ("both", [*fill, *nodes]),
     ]
-    rows = []
+    rows: list[dict[str, Any]] = []
     for label, extra in configs:
         port = free_port()
         proc = harness(ctx, f"scale-{len(rows)}", port, str(policy), extra)

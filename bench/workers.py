@@ -117,7 +117,7 @@ def run(ctx: Ctx) -> dict[str, Any]:
         two = len(procs) == 2
         idle = sum(1 for t in trials if two and min(t["connections"]) == 0)
         splits = Counter("/".join(map(str, sorted(t["connections"], reverse=True))) for t in trials)
-        row = {
+        row: dict[str, Any] = {
             "label": label,
             "mode": mode,
             "trials": len(trials),
