@@ -156,11 +156,7 @@ class Reflector:
         """Unblocks a read in progress (call after setting the stop event)."""
         with self._lock:
             response = self._response
-        connection = getattr(response, "connection", None)
-        sock = getattr(connection, "sock", None)
-        if sock is not None:
-            with contextlib.suppress(OSError):  # already closed
-                sock.shutdown(socket.SHUT_RDWR)
+        _shut_down(response)
 
     # ---- list and watch ---------------------------------------------------------------------
 
@@ -168,6 +164,10 @@ class Reflector:
         response = self._list_fn(_preload_content=False, **kwargs)
         with self._lock:
             self._response = response
+        if self._stop.is_set():
+            # stop() came while this call was being made: its interrupt() found no response
+            # to cut, and a quiet watch would otherwise hold the thread until its timeout.
+            _shut_down(response)
         return response
 
     def _release(self, response: Any) -> None:
@@ -249,3 +249,12 @@ class Reflector:
         if version:
             self.resource_version = str(version)
         self.last_contact = time.monotonic()
+
+
+def _shut_down(response: Any) -> None:
+    """Shuts the socket under a urllib3 response down, so a blocked read returns."""
+    connection = getattr(response, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already closed
+            sock.shutdown(socket.SHUT_RDWR)

@@ -179,3 +179,43 @@ def test_reflector_relists_on_410_and_resumes_watches() -> None:
     ]
     assert [n.name for n in store.index.inventory.nodes] == ["n1", "n2", "n3"]
     assert reflector.synced
+
+
+def test_stop_during_the_watch_call_still_cuts_the_watch() -> None:
+    """stop() can come while the watch request is being made: interrupt() then finds no
+    response to cut. The reflector cuts it itself once the call returns, so a quiet watch
+    does not hold the thread until its timeout."""
+    import socket
+
+    stop = threading.Event()
+    ours, theirs = socket.socketpair()  # the watch's connection; the server never writes
+    ours.settimeout(30)
+
+    class _Quiet:
+        connection = type("Conn", (), {"sock": ours})()
+
+        def stream(self, amt: int | None = None, decode_content: bool = False) -> Any:
+            chunk = ours.recv(1024)  # blocks until data, or returns b"" once shut down
+            return iter([chunk] if chunk else [])
+
+        def release_conn(self) -> None:
+            pass
+
+    def api(**kwargs: Any) -> Any:
+        if "watch" not in kwargs:
+            return _list("10", "n1")
+        stop.set()  # stop() arrives now, while this call is being made
+        return _Quiet()
+
+    store = InventoryStore()
+    reflector = Reflector(
+        "nodes", api, on_replace=store.replace_nodes, on_event=store.node_event, stop=stop
+    )
+    thread = threading.Thread(target=reflector.run, daemon=True)
+    thread.start()
+    thread.join(5)
+    try:
+        assert not thread.is_alive(), "the watch was not cut: the thread waits for its timeout"
+    finally:
+        ours.close()
+        theirs.close()
