@@ -463,7 +463,8 @@ def test_acr_front_basic_variants_and_lifetimes(acr_front: AcrFront) -> None:
         )
         assert r.status_code == 200 and "access_token" in r.json()
 
-        with acr_front.configured(access_token_lifetime=5, refresh_token_lifetime=1, clock_skew=0):
+        # exp is whole seconds (int(now + lifetime)): a 1 s lifetime can end at once.
+        with acr_front.configured(access_token_lifetime=5, refresh_token_lifetime=3, clock_skew=0):
             ex = c.post(
                 "/oauth2/exchange",
                 data={
@@ -483,7 +484,8 @@ def test_acr_front_basic_variants_and_lifetimes(acr_front: AcrFront) -> None:
             assert r.status_code == 200
             _, claims = decode_jwt_unverified(r.json()["access_token"])
             assert claims["exp"] - claims["iat"] == 5
-            time.sleep(2.1)
+            _, refresh_claims = decode_jwt_unverified(short_refresh)
+            time.sleep(max(0.0, refresh_claims["exp"] + 0.2 - time.time()))
             r = c.post("/oauth2/token", data=form)
             assert r.status_code == 401  # expired refresh token: the client must exchange again
         assert acr_front.get_config()["access_token_lifetime"] == 75 * 60

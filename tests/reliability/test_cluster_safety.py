@@ -24,13 +24,13 @@ import os
 import secrets
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.reliability.harness import Row, ServerProcess, free_port
+from tests.reliability.harness import Row, ServerProcess, eventually, free_port
 from tests.support.faultproxy import FaultProxy
 from tests.unit.test_chart import CHART, helm_binary
 
@@ -89,13 +89,24 @@ def render(release: str, url: str, ca: bytes, *, failure_policy: str, timeout: i
 
 @contextlib.contextmanager
 def webhook_configs(
-    kubectl: Any, url: str, ca: bytes, *, failure_policy: str, timeout: int = TIMEOUT
+    kubectl: Any,
+    url: str,
+    ca: bytes,
+    *,
+    failure_policy: str,
+    timeout: int = TIMEOUT,
+    until: Callable[[], bool] | None = None,
 ) -> Iterator[str]:
+    """The chart's configurations for `url`. The apiserver picks them up within ~1 s; `until`
+    (a probe that shows them in use) is asked until true, else a fixed wait."""
     release = f"sgrel-{RUN}-{secrets.token_hex(2)}"
     manifest = render(release, url, ca, failure_policy=failure_policy, timeout=timeout)
     try:
         kubectl("apply", "-f", "-", stdin=manifest)
-        time.sleep(1.5)  # the apiserver picks new webhook configurations up within ~1 s
+        if until is None:
+            time.sleep(1.5)
+        else:
+            eventually(until, timeout=30, interval=0.5, what="the webhook configurations in use")
         yield release
     finally:
         kubectl(
@@ -216,7 +227,15 @@ def test_fail_policy_blocks_only_the_selected_namespaces(
     )
     selected, other = namespaces["in"], namespaces["out"]
     outcomes = {}
-    with webhook_configs(kubectl, dead_url, some_ca, failure_policy="Fail"):
+
+    def refused() -> bool:
+        probe = f"probe-{secrets.token_hex(3)}"
+        out = kubectl(
+            "apply", "-n", selected, "--dry-run=server", "-f", "-", stdin=pod(probe), check=False
+        )
+        return "failed calling webhook" in out.stderr
+
+    with webhook_configs(kubectl, dead_url, some_ca, failure_policy="Fail", until=refused):
         blocked, _ = timed(kubectl, "apply", "-n", selected, "-f", "-", stdin=pod(f"fail-{RUN}"))
         blocked_deploy, _ = timed(
             kubectl,
@@ -250,7 +269,9 @@ def test_fail_policy_blocks_only_the_selected_namespaces(
         assert blocked_deploy.returncode != 0 and "failed calling webhook" in blocked_deploy.stderr
         assert free.returncode == 0, free.stderr
         assert system.returncode == 0, system.stderr
-    # and once the configurations are gone, the selected namespace is open again
+    # and once the configurations are gone (the apiserver notices within ~1 s), the selected
+    # namespace is open again
+    eventually(lambda: not refused(), timeout=30, interval=0.5, what="the namespace open again")
     after, _ = timed(
         kubectl, "apply", "-n", selected, "--dry-run=server", "-f", "-", stdin=pod(f"after-{RUN}")
     )
@@ -293,7 +314,16 @@ def test_registry_stall_never_outlasts_the_webhook_timeout(
     timings = {}
     proxy.set("stall", delay=5.0)
     try:
-        with webhook_configs(kubectl, target.url, ca, failure_policy="Fail"):
+
+        def judged() -> bool:
+            image = f"{proxy.host}/demo/probe-{secrets.token_hex(3)}:v1"
+            out = kubectl(
+                "apply", "-n", ns, "--dry-run=server", "-f", "-", stdin=pod(f"probe-{RUN}", image),
+                check=False,
+            )  # fmt: skip
+            return "not checked" in out.stderr
+
+        with webhook_configs(kubectl, target.url, ca, failure_policy="Fail", until=judged):
             for name, args, stdin in (
                 (
                     "Pod",

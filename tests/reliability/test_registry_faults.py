@@ -37,7 +37,7 @@ DEADLINE = 0.5
 GRACE = 0.25  # app.serve.LOOKUP_GRACE
 MARGIN = 0.75  # HTTPS round trip, a busy 2-core machine
 WITHIN = DEADLINE + GRACE + MARGIN
-OPEN_SECONDS = 1.5
+OPEN_SECONDS = 3.0  # room for a stalled machine between "opened" and the next look-up
 THRESHOLD = 3
 WARN_NS, ENFORCE_NS = "apps", "strict"
 TIMED_OUT = "registry timed out"
@@ -188,6 +188,30 @@ def matches(expected: str, reason: str) -> bool:
     return reason.endswith("…") and expected.startswith(reason[:-1])
 
 
+def settled(
+    target: ServerProcess, image: str, namespace: str = WARN_NS, *, timeout_expected: bool = False
+) -> list[Answer]:
+    """Admits a pod of `image`; every attempt made, the answer last.
+
+    A CI run once saw a look-up the registry answered at once come back "registry timed out":
+    the machine stalled past the 0.5 s deadline. So an admission that overran `WITHIN`, or
+    says "registry timed out" where no timeout is expected, is asked again (at most twice,
+    after a deadline: at once it would join the stalled look-up). The last attempt must be
+    within `WITHIN`; a server that ignored its deadline overruns every time."""
+    answers: list[Answer] = []
+    for _ in range(3):
+        answer = target.admit(pod("p", [image]), namespace=namespace)
+        answers.append(answer)
+        stalled = answer.seconds >= WITHIN or (
+            not timeout_expected and not_checked(answer) == TIMED_OUT
+        )
+        if not stalled:
+            break
+        time.sleep(DEADLINE)
+    assert answers[-1].seconds < WITHIN, f"{image}: {[round(a.seconds, 2) for a in answers]} s"
+    return answers
+
+
 def _requests(case: Case) -> int:
     return case.proxy.requests + case.proxy.connections if case.proxy else 0
 
@@ -197,22 +221,20 @@ def test_fault(case: Case, proxies: list[Case], target: ServerProcess, record: R
     record.area = "registry faults"
     record.tried = case.name
     host, slowest, cases, stalls = case.host, 0.0, 0, 0
+    faulted = False  # True while the proxy serves the fault
 
     def admit(image: str, namespace: str = WARN_NS) -> Answer:
-        """One admission; asked again (at most twice) when it says "registry timed out" in
-        a case whose registry answers at once: the machine stalled past the 0.5 s deadline
-        (a CI run saw one), and the look-up goes on in the background. The next answer must
-        be the case's own."""
+        """One admission, through `settled` (a stalled machine is asked again)."""
         nonlocal slowest, cases, stalls
-        for _ in range(3):
-            answer = target.admit(pod("p", [f"{host}/{image}"]), namespace=namespace)
-            slowest, cases = max(slowest, answer.seconds), cases + 1
-            assert answer.seconds < WITHIN, f"{image}: {answer.seconds:.2f}s"
-            if case.reason == TIMED_OUT or not_checked(answer) != TIMED_OUT:
-                return answer
-            stalls += 1
-            time.sleep(DEADLINE)  # a retry at once would join the stalled look-up
-        return answer
+        answers = settled(
+            target,
+            f"{host}/{image}",
+            namespace,
+            timeout_expected=faulted and case.reason == TIMED_OUT,
+        )
+        slowest = max([slowest, *(a.seconds for a in answers)])
+        cases, stalls = cases + len(answers), stalls + len(answers) - 1
+        return answers[-1]
 
     # 1. What the registry says while healthy goes into the caches.
     if case.proxy is not None:
@@ -223,6 +245,7 @@ def test_fault(case: Case, proxies: list[Case], target: ServerProcess, record: R
     # 2. The fault: new images are unknown, onError decides.
     if case.proxy is not None:
         case.proxy.set(**case.fault)
+    faulted = True
     try:
         warned = admit("demo/multiarch:v1")
         assert warned.allowed, warned.text
@@ -241,6 +264,7 @@ def test_fault(case: Case, proxies: list[Case], target: ServerProcess, record: R
     finally:
         if case.proxy is not None:
             case.proxy.set("pass")
+        faulted = False
     if case.circuit != "stays closed" and case.proxy is not None:
         # The registry is back: after openSeconds (or Retry-After) one probe closes the circuit.
         def back() -> bool:
@@ -256,7 +280,7 @@ def test_fault(case: Case, proxies: list[Case], target: ServerProcess, record: R
         f"unknown: {case.reason}; warn → allowed, enforce → denied; "
         f"cache answered; {observed}; slowest admission over HTTPS {slowest * 1000:.0f} ms "
         f"(registry deadline {DEADLINE * 1000:.0f} ms)"
-        + (f"; {stalls} timed out on a stalled machine and were asked again" if stalls else "")
+        + (f"; {stalls} stalled past the deadline and were asked again" if stalls else "")
     )
 
 
@@ -299,22 +323,31 @@ def test_a_stalled_image_costs_one_deadline_per_admission(
     record.tried = "a stalled registry, one object: /mutate then /validate ask for the same image"
     case = next(c for c in proxies if c.fault.get("kind") == "stall")
     assert case.proxy is not None
-    image = f"{case.host}/fault/pair-{time.monotonic_ns()}:v1"
-    body = review(pod("p", [image]), namespace=WARN_NS)
-    case.proxy.set(**case.fault)
-    try:
-        first = target.post("mutate", body)
-        second = target.post("validate", body)
-    finally:
-        case.proxy.set("pass")
-    assert "not checked: registry timed out" in second.text, second.text
-    record.cases = 2
+    pairs: list[tuple[Answer, Answer]] = []
+    # A pair is tried again (with a new image) when /validate was slow: on a stalled machine
+    # even an answer that waits for nothing can take 0.25 s; one that waits a whole deadline
+    # again is slow every time.
+    while len(pairs) < 3 and (not pairs or pairs[-1][1].seconds >= DEADLINE / 2):
+        image = f"{case.host}/fault/pair-{time.monotonic_ns()}:v1"
+        body = review(pod("p", [image]), namespace=WARN_NS)
+        case.proxy.set(**case.fault)
+        try:
+            first = target.post("mutate", body)
+            second = target.post("validate", body)
+        finally:
+            case.proxy.set("pass")
+        assert "not checked: registry timed out" in second.text, second.text
+        assert first.seconds < WITHIN
+        pairs.append((first, second))
+    record.cases = 2 * len(pairs)
     record.observed = (
-        f"/mutate {first.seconds * 1000:.0f} ms, /validate {second.seconds * 1000:.0f} ms "
-        f"(deadline {DEADLINE * 1000:.0f} ms)"
+        ", ".join(
+            f"/mutate {a.seconds * 1000:.0f} ms, /validate {b.seconds * 1000:.0f} ms"
+            for a, b in pairs
+        )
+        + f" (deadline {DEADLINE * 1000:.0f} ms)"
     )
-    assert first.seconds < WITHIN
-    assert second.seconds < DEADLINE / 2, record.observed
+    assert pairs[-1][1].seconds < DEADLINE / 2, record.observed
 
 
 # ---- stale entries ------------------------------------------------------------------------------
@@ -348,8 +381,8 @@ def test_stale_cache_answers_when_the_registry_fails(
     record.tried = f"expired cache entries during a registry {fault} (TTLs 1 s, stale 1 h)"
     image = f"{proxy.host}/demo/streamable:v1"
     plain = f"{proxy.host}/demo/plain:v1"
-    assert not target.admit(pod("p", [image])).warnings
-    assert "has no streaming artifact" in target.admit(pod("p", [plain])).text
+    assert not settled(target, image)[-1].warnings
+    assert "has no streaming artifact" in settled(target, plain)[-1].text
     time.sleep(1.3)  # every entry expired
     with proxy.faulted(fault):
         fresh = target.admit(pod("p", [image]))

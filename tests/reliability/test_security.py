@@ -49,7 +49,7 @@ from app.logs import JsonFormatter, TextFormatter
 from app.logs import configure as configure_logging
 from app.registry import RegistryConfig, RegistryVerdictSource
 from app.tls import server_context
-from tests.reliability.harness import LONG, ROOT, Row, ServerProcess, pod, review
+from tests.reliability.harness import LONG, ROOT, Row, ServerProcess, eventually, pod, review
 from tests.support.faultproxy import UNRESOLVABLE
 from tests.support.registries import AcrFront, RegistryEnv, run_seeder, start_acr_front
 from tests.unit.test_chart import render
@@ -578,9 +578,14 @@ def test_request_data_cannot_forge_log_lines(plain_server: ServerProcess, record
     ]
     for body in bodies:
         plain_server.post("validate", body)
-    log = plain_server.log_text()[before:]
+    # info lines reach the file within the log flush interval: wait for them
+    log = eventually(
+        lambda: (text := plain_server.log_text()[before:]).count("FORGED") >= 3 and text,
+        timeout=10,
+        interval=0.3,
+        what="the decision lines with the fake text in the log",
+    )
     forged = [line for line in log.splitlines() if line.startswith(fake[:20])]
-    assert log.count("FORGED") >= 3, "the decision lines with the fake text were not logged"
     record.cases = len(bodies)
     record.observed = f"{len(forged)} forged lines in the log"
     assert forged == []
@@ -611,11 +616,10 @@ def test_idle_and_half_sent_connections_do_not_block(
             else:
                 tls.sendall(b"POST /validate HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
             held.append(tls)
-        slowest = 0.0
-        for _ in range(20):
-            answer = plain_server.admit(pod("p", ["nginx"]))
-            slowest = max(slowest, answer.seconds)
-        assert slowest < 1.0
+        # A server the held connections block is slow on every admission; one slow answer
+        # on a stalled machine is not that.
+        seconds = sorted(plain_server.admit(pod("p", ["nginx"])).seconds for _ in range(20))
+        assert seconds[len(seconds) // 2] < 0.3 and seconds[-1] < 2.0, seconds
     finally:
         for sock in held:
             with contextlib.suppress(OSError):
@@ -626,7 +630,8 @@ def test_idle_and_half_sent_connections_do_not_block(
     fds_after = len(plain_server.fds())
     record.cases = 320
     record.observed = (
-        f"20 admissions answered in ≤ {slowest * 1000:.0f} ms with 300 connections held; "
+        f"20 admissions answered in median {seconds[10] * 1000:.0f} ms, slowest "
+        f"{seconds[-1] * 1000:.0f} ms with 300 connections held; "
         f"descriptors {fds_before} → {fds_after} after they closed"
     )
     assert fds_after <= fds_before + 5
@@ -698,10 +703,13 @@ def test_one_review_with_many_images_does_not_stall_the_server(tmp_path: Path, r
             time.sleep(0.1)
         thread.join(60)
     slowest = max(small) if small else 0.0
+    median = sorted(small)[len(small) // 2] if small else 0.0
     record.cases = 1 + len(small)
     record.observed = (
         f"the 1,000-image review took {done.get('big', 0):.1f} s (registry deadline 2 s); "
-        f"{len(small)} small admissions meanwhile, slowest {slowest * 1000:.0f} ms"
+        f"{len(small)} small admissions meanwhile, median {median * 1000:.0f} ms, slowest "
+        f"{slowest * 1000:.0f} ms"
     )
-    assert done.get("big", 99) < 2.0 + 1.5, record.observed
-    assert slowest < 1.0, record.observed
+    assert done.get("big", 99) < 2.0 + 2.5, record.observed
+    # held by the big review, every small one would wait for it; a stalled machine slows one
+    assert median < 0.3 and slowest < 2.0, record.observed

@@ -140,19 +140,19 @@ def count_requests(
 
     ``method`` filters on the HTTP method, ``path_re`` is searched (``re.search``) in the
     logged path+query, ``status`` filters on the response status. A registry writes its line
-    just after it answered, so the count is read until it stops changing (50 ms apart, at most
+    just after it answered, so the count is read until three reads 50 ms apart agree (at most
     ``timeout``); with ``expect`` it is read until it reaches that number (or the timeout).
     """
     deadline = time.monotonic() + timeout
-    last = -1
+    seen: list[int] = []
     while True:
         n = _matching(read_requests(log_path, since_offset), method, path_re, status)
+        seen.append(n)
         if expect is not None:
             if n >= expect or time.monotonic() >= deadline:
                 return n
-        elif n == last or time.monotonic() >= deadline:
+        elif seen[-3:] == [n, n, n] or time.monotonic() >= deadline:
             return n
-        last = n
         time.sleep(0.05)
 
 

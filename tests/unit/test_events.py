@@ -289,7 +289,7 @@ async def test_a_full_queue_drops_and_never_blocks() -> None:
     for i in range(5):
         req = request(pod(PLAIN, name=f"p{i}", uid=f"u{i}"))
         rec.record(req, decision)
-    assert time.perf_counter() - started < 0.5
+    assert time.perf_counter() - started < 5.0  # a blocking put would wait for ever
     assert results == ["dropped", "dropped", "dropped"]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 from typing import Any
 
 import pytest
@@ -572,7 +571,7 @@ def test_index_equals_node_by_node_reference(seed: int) -> None:
         assert index.place(spec).pools == reference(spec, inventory, rules), spec
 
 
-# ---- speed ---------------------------------------------------------------------------------------
+# ---- scale ---------------------------------------------------------------------------------------
 
 
 def big_cluster(pools: int = 100, per_pool: int = 50) -> Inventory:
@@ -592,11 +591,12 @@ def big_cluster(pools: int = 100, per_pool: int = 50) -> Inventory:
     return build_inventory(nodes)
 
 
-def test_speed_5000_nodes_100_pools() -> None:
+def test_5000_nodes_100_pools_answer_as_the_reference() -> None:
+    """At scale the index answers what checking every node would. Its speed is the
+    benchmark's (`make bench`, scale of state; docs/node-pools.md), not a timed test's."""
     inventory = big_cluster()
-    started = time.perf_counter()
-    index = PlacementIndex(inventory)
-    build = time.perf_counter() - started
+    rules = PoolRulesConfig()
+    index = PlacementIndex(inventory, rules)
     rng = random.Random(1)
     specs: list[dict[str, Any]] = [
         {"nodeSelector": {"team": f"t{rng.randrange(7)}"}},
@@ -612,19 +612,9 @@ def test_speed_5000_nodes_100_pools() -> None:
         {"nodeSelector": {"kubernetes.io/hostname": "aks-pool005-vmss000007"}},
         {},
     ]
-    started = time.perf_counter()
     for spec in specs:
-        index.place(spec)
-    cold = (time.perf_counter() - started) / len(specs)
-    started = time.perf_counter()
-    for _ in range(200):
-        for spec in specs:
-            index.place(spec)
-    warm = (time.perf_counter() - started) / (200 * len(specs))
-    # generous bounds (shared CI machines); measured values are in docs/node-pools.md
-    assert build < 2.0
-    assert cold < 0.02
-    assert warm < 0.001
+        assert index.place(spec).pools == reference(spec, inventory, rules), spec
+    assert len(index.place({}).pools) == sum(1 for p in range(100) if p % 4)  # untainted ones
 
 
 def test_repeated_scheduling_fields_answer_from_the_memo() -> None:

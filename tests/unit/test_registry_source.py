@@ -143,13 +143,12 @@ async def test_deadline_gives_unknown_and_background_warms_the_cache() -> None:
     elapsed = time.monotonic() - started
     assert first.verdict is Verdict.UNKNOWN
     assert first.reason == "registry timed out"
-    assert elapsed < 0.5
+    assert elapsed < 2.0  # the referrers call hangs until released: only the deadline ends it
     release.set()
-    for _ in range(50):  # the look-up goes on in the background and fills the cache
+    for _ in range(500):  # the look-up goes on in the background and fills the cache
         await asyncio.sleep(0.01)
-        if source.cache_stats()["artifacts"].misses and len(reg.calls) >= 2:
+        if source.cached(ref) is not None:
             break
-    await asyncio.sleep(0.05)
     calls = len(reg.calls)
     second = await source.verdict(ref)
     await source.aclose()
@@ -168,7 +167,7 @@ async def test_hanging_registry_returns_within_deadline_and_aclose_cancels() -> 
     source = make_source(reg, deadline_seconds=0.1)
     started = time.monotonic()
     verdict = await source.verdict(parse_image("reg.test/demo/app:v1"))
-    assert time.monotonic() - started < 0.4
+    assert time.monotonic() - started < 2.0  # the hang is an hour: only the deadline ends it
     assert verdict.reason == "registry timed out"
     await asyncio.wait_for(source.aclose(), 1.0)
 
@@ -407,6 +406,11 @@ async def test_stale_answer_when_the_registry_hangs(streaming: bool) -> None:
     source = make_source(reg, clock=clock, deadline_seconds=0.1)
     ref = parse_image("reg.test/demo/app:v1")
     first = await source.verdict(ref)
+    for _ in range(500):  # a stalled machine may time the first look-up out: let it finish
+        if source.cached(ref) is not None:
+            break
+        await asyncio.sleep(0.01)
+    first = source.cached(ref) or first
 
     async def hang(request: httpx.Request) -> httpx.Response | None:
         await asyncio.sleep(3600)
