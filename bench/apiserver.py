@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import yaml
 
-from bench.common import ROOT, free_port, log, percentile, summary
+from bench.common import ROOT, cpu_seconds, free_port, log, percentile, summary
 from bench.context import Ctx, policy_yaml
 from bench.registry import seed_demo
 from bench.reviews import DEMO_IMAGES, PUBLIC_IMAGE
@@ -310,18 +310,30 @@ def run(ctx: Ctx) -> dict[str, Any]:
                     await create_many(client, ns, 50, s.api_concurrency, images)
                 loads = [(1, s.api_sequential_pods), (s.api_concurrency, s.api_pods)]
                 rounds: dict[int, dict[str, list[dict[str, Any]]]] = {}
+                # Each webhook process's CPU while its namespace's creates run: what it does
+                # per create, beside the apiserver's side of the call.
+                pids = {
+                    "on": int((ctx.work / "webhook" / "streamgate.pid").read_text()),
+                    "echo": echo.proc.pid,
+                }
+                cpu: dict[int, dict[str, list[float]]] = {}
                 m0 = _admission_seconds(metrics_port)
                 seen_by_apiserver: dict[int, dict[str, float]] = {}
                 for concurrency, pods in loads:
                     a0 = await _apiserver_webhook_seconds(client)
                     per_round = max(1, pods // s.api_rounds)
                     rounds[concurrency] = {"on": [], "off": [], "echo": []}
+                    cpu[concurrency] = {"on": [0.0, 0], "echo": [0.0, 0]}
                     for r in range(s.api_rounds):
                         order = [("on", on_ns), ("off", off_ns), ("echo", echo_ns)]
                         for key, ns in order[r % 3 :] + order[: r % 3]:
+                            cpu0 = cpu_seconds(pids[key]) if key in pids else 0.0
                             lat, wall, annotated = await create_many(
                                 client, ns, per_round, concurrency, images
                             )
+                            if key in pids:
+                                cpu[concurrency][key][0] += cpu_seconds(pids[key]) - cpu0
+                                cpu[concurrency][key][1] += per_round
                             rounds[concurrency][key].append(
                                 {
                                     "p50_ms": percentile(lat, 50),
@@ -367,6 +379,10 @@ def run(ctx: Ctx) -> dict[str, Any]:
         return {
             "version": version,
             "rounds": rounds,
+            "cpu_ms_per_create": {
+                c: {k: round(1000 * v[0] / max(1, v[1]), 3) for k, v in sides.items()}
+                for c, sides in cpu.items()
+            },
             "down": down,
             "webhook_ms": webhook,
             "seen_by_apiserver": seen_by_apiserver,
@@ -384,6 +400,7 @@ def run(ctx: Ctx) -> dict[str, Any]:
             {
                 **_load(concurrency, rounds),
                 "apiserver_ms_per_call": got["seen_by_apiserver"][concurrency],
+                "webhook_cpu_ms_per_create": got["cpu_ms_per_create"][concurrency],
             }
             for concurrency, rounds in got["rounds"].items()
         ],

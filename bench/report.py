@@ -382,6 +382,18 @@ def _apiserver(a: dict[str, Any]) -> list[str]:
             " trip, the webhook's answer, and applying the patch (the no-op webhook sends none).",
             "",
         ]
+    cpu = [
+        f"{load['concurrency']} at a time: streamgate {load['webhook_cpu_ms_per_create']['on']:g}"
+        f" ms, the no-op webhook {load['webhook_cpu_ms_per_create']['echo']:g} ms"
+        for load in loads
+        if load.get("webhook_cpu_ms_per_create")
+    ]
+    if cpu:
+        out += [
+            "Each webhook process's own CPU per create (both its calls, TLS included; /proc over"
+            f" the rounds of its namespace): {'; '.join(cpu)}.",
+            "",
+        ]
     if a.get("down"):
         out += [
             f"After `hack/webhook.sh down`: p50 {a['down']['p50_ms']:g} ms, p99"

@@ -89,5 +89,7 @@ def test_added_latency_pools_every_round_and_gives_an_interval():
     assert 1.5 <= load["pooled_beyond_noop_p50_ms"]["value"] <= 2.5, load
     same = pooled_difference([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], 50)
     assert same["value"] == 0 and same["low"] <= 0 <= same["high"]
+    load["webhook_cpu_ms_per_create"] = {"on": 0.52, "echo": 0.41}
     text = "\n".join(_apiserver({"rounds": 4, "apiserver_version": "v1", "loads": [load]}))
     assert "400 creates per side" in text and "90 % interval" in text, text
+    assert "streamgate 0.52 ms, the no-op webhook 0.41 ms" in text, text
