@@ -394,6 +394,12 @@ def _apiserver(a: dict[str, Any]) -> list[str]:
             f" the rounds of its namespace): {'; '.join(cpu)}.",
             "",
         ]
+    if a.get("cleanup_seconds") is not None:
+        out += [
+            f"The benchmark's namespaces took {a['cleanup_seconds']:g} s to be deleted after the"
+            " run (their pods go first); the next section starts after that.",
+            "",
+        ]
     if a.get("down"):
         out += [
             f"After `hack/webhook.sh down`: p50 {a['down']['p50_ms']:g} ms, p99"
