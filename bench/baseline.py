@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import uvicorn
 
-from app.tls import server_context
+from app.certs.tls import server_context
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -49,7 +49,7 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 def config(host: str, port: int, cert: Path, key: Path) -> uvicorn.Config:
-    """The same settings `app.serve.build_server` gives streamgate."""
+    """The same settings `app.webhook.serve.build_server` gives streamgate."""
     cfg = uvicorn.Config(
         app,
         host=host,

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.tls import CertFiles, issue_self_signed
+from app.certs.tls import CertFiles, issue_self_signed
 from bench.common import HOST, PYTHON, ROOT, Proc
 from bench.registry import Olareg
 

@@ -1,4 +1,4 @@
-"""streamgate assembled as `streamgate serve` assembles it (app.serve.run_webhook: policy,
+"""streamgate assembled as `streamgate serve` assembles it (app.webhook.serve.run_webhook: policy,
 metrics observer, registry client, decision logs, TLS server), with state the benchmark
 controls: the registry caches filled with N verdicts, a synthetic node inventory, and the
 listening socket given from outside (a shared one, or SO_REUSEPORT).
@@ -15,15 +15,15 @@ import socket
 import time
 from pathlib import Path
 
-from app.logs import configure
-from app.metrics import Metrics
-from app.nodes.model import Inventory, Node, Taint, build_inventory
-from app.nodes.placement import PlacementIndex
-from app.policy import load_policy
+from app.core.nodes.model import Inventory, Node, Taint, build_inventory
+from app.core.nodes.placement import PlacementIndex
 from app.registry.manifests import ManifestInfo
 from app.registry.referrers import ReferrerSearch, StreamingArtifact
 from app.registry.source import RegistryVerdictSource
-from app.serve import ServeSettings, build_admission, build_server
+from app.telemetry.logs import configure
+from app.telemetry.metrics import Metrics
+from app.webhook.reload import load_policy
+from app.webhook.serve import ServeSettings, build_admission, build_server
 
 AKS = "kubernetes.azure.com/"
 

@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.logs import configure
-from app.metrics import Metrics
-from app.nodes.placement import PlacementIndex
-from app.policy import load_policy
+from app.core.nodes.placement import PlacementIndex
 from app.registry.source import RegistryVerdictSource
-from app.serve import ServeSettings, build_admission
-from app.server import create_app
+from app.telemetry.logs import configure
+from app.telemetry.metrics import Metrics
+from app.webhook.reload import load_policy
+from app.webhook.serve import ServeSettings, build_admission
+from app.webhook.server import create_app
 from bench.context import policy_yaml
 from bench.harness import inventory
 from bench.registry import seed_demo

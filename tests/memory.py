@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from app.images import ImageRef
-from app.verdicts import ImageVerdict, Verdict
+from app.core.images import ImageRef
+from app.core.verdicts import ImageVerdict, Verdict
 
 
 class MemoryVerdicts:

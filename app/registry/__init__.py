@@ -5,7 +5,7 @@ The public surface is `RegistryVerdictSource` (the production `VerdictSource`), 
 `AadTokenProvider`.
 """
 
-from app.registry.config import RegistryConfig, RegistrySettings
+from app.core.registries import RegistryConfig, RegistrySettings
 from app.registry.credentials import AadTokenProvider, AzureIdentityProvider
 from app.registry.metrics import RegistryObserver
 from app.registry.pool import ConfigError

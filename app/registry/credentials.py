@@ -17,9 +17,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-logger = logging.getLogger(__name__)
+from app.core.registries import ACR_AAD_SCOPE
 
-ACR_AAD_SCOPE = "https://containerregistry.azure.net/.default"
+logger = logging.getLogger(__name__)
 
 
 class AadTokenProvider(Protocol):

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
-from app.images import ImageRef
+from app.core.images import ImageRef
+from app.core.registries import CacheSettings, RegistryConfig
 from app.registry.cache import TtlCache
-from app.registry.config import CacheSettings, RegistryConfig
 from app.registry.conversion import STATUS_UNKNOWN, ConversionStatus, conversion_status
 from app.registry.errors import RegistryError
 from app.registry.manifests import ManifestInfo, describe

@@ -14,10 +14,10 @@ import logging
 from dataclasses import dataclass
 from typing import NoReturn
 
+from app.core.platform import Platform
 from app.registry.errors import BadResponse, ImageNotFound
 from app.registry.mediatypes import INDEX_TYPES, MANIFEST_ACCEPT
 from app.registry.oci import (
-    Platform,
     index_descriptors,
     manifest_kind,
     pick_platform,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.verdicts import STREAMING_ARTIFACT_TYPE
+from app.core.verdicts import STREAMING_ARTIFACT_TYPE
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

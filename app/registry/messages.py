@@ -2,18 +2,18 @@
 
 Reasons stay short and state the registry's side only (the policy layer puts them into
 warnings of at most 120 characters, with the image name, and adds the `az acr
-artifact-streaming create` command where running it would help: app/messages.py).
+artifact-streaming create` command where running it would help: app/core/messages.py).
 """
 
 from __future__ import annotations
 
-from app.images import ImageRef
-from app.messages import NO_ARTIFACT
+from app.core.images import ImageRef
+from app.core.messages import NO_ARTIFACT
+from app.core.platform import Platform
+from app.core.verdicts import ImageVerdict, Verdict
 from app.registry.conversion import ConversionState, ConversionStatus
 from app.registry.errors import RegistryError
 from app.registry.lookup import LookupResult
-from app.registry.oci import Platform
-from app.verdicts import ImageVerdict, Verdict
 
 TIMED_OUT = "registry timed out"
 FAILED = "registry look-up failed"

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.core.platform import Platform
 from app.registry.errors import BadResponse
 from app.registry.mediatypes import (
     IMAGE_TYPES,
@@ -25,25 +26,6 @@ from app.registry.mediatypes import (
 
 DIGEST = re.compile(r"(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})\Z")
 MAX_ANNOTATION_VALUE = 256
-
-
-@dataclass(frozen=True, slots=True)
-class Platform:
-    """`os/architecture[/variant]`, e.g. linux/amd64."""
-
-    os: str
-    architecture: str
-    variant: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> Platform:
-        parts = text.strip().lower().split("/")
-        if len(parts) not in (2, 3) or not all(parts):
-            raise ValueError(f"platform must be os/arch[/variant], not {text!r}")
-        return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
-
-    def __str__(self) -> str:
-        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import httpx
 
-from app.images import is_acr_host
+from app.core.images import is_acr_host
+from app.core.registries import RegistryConfig, RegistrySettings
 from app.registry.auth import Authenticator
 from app.registry.circuit import CircuitBreaker
-from app.registry.config import RegistryConfig, RegistrySettings
 from app.registry.credentials import (
     AadTokenProvider,
     AcrAad,

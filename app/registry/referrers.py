@@ -21,13 +21,13 @@ from typing import Any
 
 import httpx
 
+from app.core.platform import Platform
 from app.registry.errors import BadResponse
 from app.registry.headers import filters_applied, parse_link_next
 from app.registry.manifests import pull_scope
 from app.registry.mediatypes import IMAGE_TYPES, MANIFEST_ACCEPT, OCI_INDEX, STREAMING
 from app.registry.oci import (
     Descriptor,
-    Platform,
     artifact_platform,
     fallback_tag,
     for_platform,

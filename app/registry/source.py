@@ -22,9 +22,10 @@ from typing import Any
 
 import httpx
 
-from app.images import ImageRef, is_acr_host
+from app.core.images import ImageRef, is_acr_host
+from app.core.registries import RegistryConfig
+from app.core.verdicts import ImageVerdict
 from app.registry.cache import CacheStats, TtlCache
-from app.registry.config import RegistryConfig
 from app.registry.credentials import AadTokenProvider
 from app.registry.errors import RegistryError, RegistryTimeout
 from app.registry.lookup import Lookup, LookupResult
@@ -32,7 +33,6 @@ from app.registry.messages import FAILED, TIMED_OUT, unknown, verdict_for, verdi
 from app.registry.metrics import NULL_OBSERVER, RegistryObserver
 from app.registry.pool import ClientPool
 from app.registry.singleflight import SingleFlight
-from app.verdicts import ImageVerdict
 
 logger = logging.getLogger(__name__)
 

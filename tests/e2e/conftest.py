@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from app.logs import FLUSH_SECONDS
+from app.telemetry.logs import FLUSH_SECONDS
 
 ROOT = Path(__file__).parents[2]
 CLUSTER = ROOT / "hack" / "cluster.sh"

@@ -32,9 +32,9 @@ import pytest
 from cryptography import x509
 from kubernetes import client, config
 
-from app.certs import CertPolicy, ensure_certificates
-from app.serve import ServeSettings, build_admission, build_server
-from app.verdicts import OfflineVerdicts
+from app.certs.keeper import CertPolicy, ensure_certificates
+from app.core.verdicts import OfflineVerdicts
+from app.webhook.serve import ServeSettings, build_admission, build_server
 from tests.unit.test_chart import CHART, helm_binary
 
 pytestmark = pytest.mark.e2e

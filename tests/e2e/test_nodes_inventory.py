@@ -21,10 +21,10 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from app.nodes.model import Inventory, NodePool
-from app.nodes.reflector import ReflectorSettings
-from app.nodes.watcher import NodeWatcher
-from app.pools import Streaming
+from app.cluster.nodes import NodeWatcher
+from app.cluster.reflector import ReflectorSettings
+from app.core.nodes.model import Inventory, NodePool
+from app.core.pools import Streaming
 
 pytestmark = pytest.mark.e2e
 

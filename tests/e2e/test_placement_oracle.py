@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 
-from app.nodes.model import Inventory
-from app.nodes.reflector import ReflectorSettings
-from app.nodes.watcher import NodeWatcher
-from app.pools import Placement
+from app.cluster.nodes import NodeWatcher
+from app.cluster.reflector import ReflectorSettings
+from app.core.nodes.model import Inventory
+from app.core.pools import Placement
 
 pytestmark = pytest.mark.e2e
 

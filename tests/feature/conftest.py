@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.admission import Admission
-from app.policy import parse_policy
-from app.pools import NoInventory
-from app.serve import ServeSettings, build_server
-from app.verdicts import ImageVerdict, Verdict
+from app.core.policy import parse_policy
+from app.core.pools import NoInventory
+from app.core.verdicts import ImageVerdict, Verdict
+from app.webhook.admission import Admission
+from app.webhook.serve import ServeSettings, build_server
 from tests.memory import MemoryVerdicts
 
 REG = "streamgatedemo.azurecr.io"

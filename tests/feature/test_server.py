@@ -16,7 +16,7 @@ import jsonpatch
 import kubernetes_validate
 import pytest
 
-from app.tls import issue_self_signed
+from app.certs.tls import issue_self_signed
 from tests.feature.conftest import trusting
 
 REVIEWS = sorted((Path(__file__).parents[1] / "reviews").glob("*.json"))
@@ -253,7 +253,7 @@ def test_a_parser_bug_is_a_400_not_a_500(webhook, monkeypatch):
     def broken(body):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr("app.server.parse_review", broken)
+    monkeypatch.setattr("app.webhook.server.parse_review", broken)
     with webhook.client() as client:
         resp = client.post("/validate", content=b"{}")
     assert resp.status_code == 400

@@ -25,10 +25,10 @@ from typing import Any
 
 import pytest
 
-from app.images import parse_image
+from app.core.images import parse_image
+from app.core.verdicts import ImageVerdict, Verdict
 from app.registry import RegistryConfig, RegistryVerdictSource
 from app.registry.mediatypes import STREAMING
-from app.verdicts import ImageVerdict, Verdict
 from tests.support.registries import (
     REPO_ROOT,
     AcrFront,

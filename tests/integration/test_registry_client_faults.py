@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import uvicorn
 
-from app.images import parse_image
+from app.core.images import parse_image
+from app.core.verdicts import Verdict
 from app.registry import RegistryConfig, RegistryVerdictSource
-from app.verdicts import Verdict
 
 pytestmark = pytest.mark.registry
 

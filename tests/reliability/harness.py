@@ -2,7 +2,7 @@
 `make reliability`), the real server as a process, AdmissionReview builders, the oracle every
 answer must pass, and the recorder behind docs/reliability.md.
 
-The server is the real `streamgate serve` (app.cli.main) started through
+The server is the real `streamgate serve` (app.cli.main.main) started through
 `tests.reliability.probe_server`, which only adds a loop writing what it sees inside the
 process (asyncio tasks, cache sizes, circuits, the watches) to a JSON file twice a second.
 RSS, open descriptors and sockets are read from /proc from the outside.
@@ -30,8 +30,8 @@ import httpx
 import jsonpatch
 import yaml
 
-from app.logs import FLUSH_SECONDS
-from app.tls import issue_self_signed
+from app.certs.tls import issue_self_signed
+from app.telemetry.logs import FLUSH_SECONDS
 
 ROOT = Path(__file__).resolve().parents[2]
 LONG = os.environ.get("STREAMGATE_RELIABILITY", "short") == "long"
@@ -411,7 +411,8 @@ class ServerProcess:
             time.sleep(0.1)
 
     def log_text(self) -> str:
-        """The log so far: info lines reach the file within FLUSH_SECONDS (app/logs.py)."""
+        """The log so far: info lines reach the file within FLUSH_SECONDS
+        (app/telemetry/logs.py)."""
         time.sleep(2 * FLUSH_SECONDS)
         try:
             return self.log_path.read_text(errors="replace")

@@ -3,7 +3,7 @@ sees inside itself to a JSON file twice a second (for the reliability tests):
 
     python -m tests.reliability.probe_server PROBE.json serve --host 127.0.0.1 ...
 
-The only change is an extra background loop handed to `app.serve.serve` (which `run_webhook`
+The only change is an extra background loop handed to `app.webhook.serve.serve` (which `run_webhook`
 calls with its own loops): tasks in the event loop, look-ups still running in the background,
 registry caches and clients, circuits, watch state, threads. Nothing about how requests are
 served changes.
@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import app.serve as serve_module
-from app import cli
-from app.admission import Admission
+import app.webhook.serve as serve_module
+from app.cli import main as cli
 from app.registry.source import RegistryVerdictSource
+from app.webhook.admission import Admission
 
 _real_serve = serve_module.serve
 

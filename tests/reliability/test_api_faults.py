@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from app.nodes.reflector import ReflectorSettings
-from app.nodes.watcher import NodeWatcher
+from app.cluster.nodes import NodeWatcher
+from app.cluster.reflector import ReflectorSettings
 from tests.reliability.harness import LONG, Answer, Row, ServerProcess, eventually, pod
 from tests.support.faultproxy import FaultProxy
 
@@ -218,7 +218,7 @@ def test_watch_from_an_expired_resource_version_relists(
     """The apiserver's own 410: a watch from resourceVersion 1 is older than its watch cache."""
     record.area = "Kubernetes API faults"
     record.tried = "watch resumed from an expired resourceVersion (the apiserver answers 410 Gone)"
-    caplog.set_level(logging.INFO, logger="app.nodes.reflector")
+    caplog.set_level(logging.INFO, logger="app.cluster.reflector")
     watcher = NodeWatcher.from_config(
         str(cluster),
         settings=ReflectorSettings(watch_timeout_seconds=5, backoff_initial=0.2, backoff_max=1.0),

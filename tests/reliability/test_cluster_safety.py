@@ -161,7 +161,7 @@ def dead_url() -> str:
 
 @pytest.fixture(scope="module")
 def some_ca(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    from app.tls import issue_self_signed
+    from app.certs.tls import issue_self_signed
 
     return issue_self_signed(tmp_path_factory.mktemp("ca"), ["127.0.0.1"]).ca.read_bytes()
 

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.registry
 
 OLAREG = "127.0.0.1:25000"
 DEADLINE = 0.5
-GRACE = 0.25  # app.serve.LOOKUP_GRACE
+GRACE = 0.25  # app.webhook.serve.LOOKUP_GRACE
 MARGIN = 0.75  # HTTPS round trip, a busy 2-core machine
 WITHIN = DEADLINE + GRACE + MARGIN
 OPEN_SECONDS = 3.0  # room for a stalled machine between "opened" and the next look-up

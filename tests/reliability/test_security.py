@@ -44,11 +44,11 @@ import httpx
 import pytest
 from kubernetes import client as k8s
 
-from app.images import parse_image
-from app.logs import JsonFormatter, TextFormatter
-from app.logs import configure as configure_logging
+from app.certs.tls import server_context
+from app.core.images import parse_image
 from app.registry import RegistryConfig, RegistryVerdictSource
-from app.tls import server_context
+from app.telemetry.logs import JsonFormatter, TextFormatter
+from app.telemetry.logs import configure as configure_logging
 from tests.reliability.harness import LONG, ROOT, Row, ServerProcess, eventually, pod, review
 from tests.support.faultproxy import UNRESOLVABLE
 from tests.support.registries import AcrFront, RegistryEnv, run_seeder, start_acr_front
@@ -109,7 +109,7 @@ def test_tls_1_2_or_newer_only(plain_server: ServerProcess, record: Row) -> None
     record.area = "security"
     record.tried = (
         "TLS handshakes offering only TLS 1.0, 1.1, 1.2, 1.3; TLS 1.2 offering only weak or "
-        "non-forward-secret suites; the suites the server's context (app.tls) enables"
+        "non-forward-secret suites; the suites the server's context (app.certs.tls) enables"
     )
     port = plain_server.port
     seen = {v.name: _handshake(port, v) for v in ssl.TLSVersion if v.name.startswith("TLSv")}
@@ -370,10 +370,10 @@ def test_debug_logging_keeps_wire_loggers_quiet(record: Row) -> None:
 
 # Which `streamgate serve` flag (chart mode) turns a module's API calls on.
 WHEN = {
-    "app.nodes.watcher": "always",  # --kubeconfig=in-cluster
-    "app.namespaces": "always",
-    "app.certs": "self-managed",  # --manage-certs
-    "app.events": "events",  # --events
+    "app.cluster.nodes": "always",  # --kubeconfig=in-cluster
+    "app.cluster.namespaces": "always",
+    "app.certs.keeper": "self-managed",  # --manage-certs
+    "app.telemetry.events": "events",  # --events
 }
 _VERBS = {
     "list": "list",
@@ -441,7 +441,7 @@ def code_rules() -> dict[str, set[tuple[str, str, str]]]:
         if name.endswith("Api") and inspect.isclass(getattr(k8s, name))
     }
     out: dict[str, set[tuple[str, str, str]]] = {}
-    for module, path in sorted(_module_closure("app.serve").items()):
+    for module, path in sorted(_module_closure("app.webhook.serve").items()):
         tree = ast.parse(path.read_text())
         made = {
             n.func.attr
@@ -567,7 +567,10 @@ def test_request_data_cannot_grow_metrics(tmp_path: Path, record: Row) -> None:
 def test_request_data_cannot_forge_log_lines(plain_server: ServerProcess, record: Row) -> None:
     record.area = "security"
     record.tried = "names, namespaces, kinds and images carrying newlines and a fake log line"
-    fake = "2026-01-01 00:00:00,000 INFO app.admission admission validate Pod x/y: allow FORGED"
+    fake = (
+        "2026-01-01 00:00:00,000 INFO app.webhook.admission admission validate Pod x/y: "
+        "allow FORGED"
+    )
     before = len(plain_server.log_text())
     bodies = [
         review(pod("a\n" + fake, ["nginx"]), namespace="ns"),

@@ -103,7 +103,7 @@ class _Conn:
 
 def _untrusted_context() -> ssl.SSLContext:
     """A server context with a fresh self-signed pair no client trusts."""
-    from app.tls import issue_self_signed
+    from app.certs.tls import issue_self_signed
 
     directory = Path(tempfile.mkdtemp(prefix="faultproxy-"))
     files = issue_self_signed(directory, ["127.0.0.1", "localhost"])

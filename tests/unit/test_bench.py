@@ -41,10 +41,11 @@ def test_profile_summary_and_figures(tmp_path):
 
     raw = tmp_path / "raw.txt"
     raw.write_text(
-        "<module> (app/__main__.py:5);AdmissionApp.__call__ (app/server.py:113);"
-        "parse_review (app/review.py:90) 3\n"
-        "<module> (app/__main__.py:5);AdmissionApp.__call__ (app/server.py:113);"
-        "Admission.answer (app/admission.py:138);_log_decision (app/admission.py:242) 1\n"
+        "<module> (app/__main__.py:5);AdmissionApp.__call__ (app/webhook/server.py:113);"
+        "parse_review (app/webhook/review.py:90) 3\n"
+        "<module> (app/__main__.py:5);AdmissionApp.__call__ (app/webhook/server.py:113);"
+        "Admission.answer (app/webhook/admission.py:138);"
+        "_log_decision (app/webhook/admission.py:242) 1\n"
         "Thread._bootstrap (threading.py:1002);_worker (concurrent/futures/thread.py:81) 5\n"
     )
     prof = summarize_profile(raw)

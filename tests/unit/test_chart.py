@@ -19,8 +19,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from app.cli import parser
-from app.policy import Policy, load_policy, parse_policy
+from app.cli.main import parser
+from app.core.policy import Policy, parse_policy
+from app.webhook.reload import load_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "chart"

@@ -1,0 +1,279 @@
+"""The pure core: a workload, its images' verdicts, its node pools and a policy -> a decision.
+
+No network, no environment, no framework: the webhook, `streamgate check` and `scan` all call
+`images_to_check` (which images need a registry verdict) and then `evaluate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from app.core import messages
+from app.core.images import ImageRef, InvalidImageRef, parse_image
+from app.core.policy import EXEMPT_ANNOTATION, Action, Mode, OnError, Policy
+from app.core.pools import Placement, Streaming
+from app.core.verdicts import NOT_ACR, ImageVerdict, Verdict
+from app.core.workloads import JUDGED_OWNERS, Container, Workload
+
+ANNOTATION_STREAMING = "streamgate.io/streaming"
+ANNOTATION_REPORT = "streamgate.io/report"
+ANNOTATION_DIGEST_PINNED = "streamgate.io/digest-pinned"
+ANNOTATION_POOLS = "streamgate.io/pools"
+
+
+class Severity(StrEnum):
+    DENY = "deny"
+    WARN = "warn"
+    RECORD = "record"  # audit mode: annotations and logs only
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    rule: str
+    severity: Severity
+    message: str
+    container: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerReport:
+    container: Container
+    ref: ImageRef | None
+    verdict: ImageVerdict
+    exempt: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    mode: Mode
+    problems: tuple[Problem, ...] = ()
+    reports: tuple[ContainerReport, ...] = ()
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    steer: tuple[str, str] | None = None
+    skipped: str | None = None  # why nothing was judged (exempt, mode off, ...)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [p.message for p in self.problems if p.severity is Severity.WARN]
+
+    @property
+    def denials(self) -> list[str]:
+        return [p.message for p in self.problems if p.severity is Severity.DENY]
+
+
+def skip(mode: Mode, reason: str) -> Decision:
+    return Decision(allowed=True, mode=mode, skipped=reason)
+
+
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    container: Container
+    ref: ImageRef | None
+    error: str | None
+    acr: bool
+    exempt: bool
+
+
+def _plan(workload: Workload, policy: Policy) -> list[_Planned]:
+    planned = []
+    for c in workload.containers():
+        try:
+            if not isinstance(c.image, str):
+                raise InvalidImageRef("image is missing" if c.image is None else "not a string")
+            ref: ImageRef | None = parse_image(c.image)
+            error = None
+        except InvalidImageRef as err:
+            ref, error = None, str(err)
+        exempt = isinstance(c.image, str) and policy.exemptions.image_exempt(c.image)
+        acr = ref is not None and policy.is_acr(ref.registry)
+        planned.append(_Planned(c, ref, error, acr, exempt))
+    return planned
+
+
+def exemption(workload: Workload, namespace: str, policy: Policy) -> str | None:
+    """Why the whole workload is exempt, or None."""
+    if namespace in policy.exemptions.namespaces:
+        return f"namespace {namespace} is exempt"
+    for found in (workload.annotations, workload.template_annotations()):
+        reason = found.get(EXEMPT_ANNOTATION)
+        if reason is not None:
+            return f"exempt by annotation: {reason}"
+    return None
+
+
+def images_to_check(workload: Workload, policy: Policy) -> set[ImageRef]:
+    """The ACR images whose registry verdict `evaluate` needs."""
+    return {p.ref for p in _plan(workload, policy) if p.ref and p.acr and not p.exempt}
+
+
+class _Judge:
+    """Collects problems under the effective mode: enforce keeps deny, warn and controlled
+    pods turn deny into warn, audit records everything."""
+
+    def __init__(self, mode: Mode, *, soften: bool) -> None:
+        self.mode = mode
+        self.soften = soften
+        self.problems: list[Problem] = []
+
+    def add(self, rule: str, action: Action, message: str, container: str | None = None) -> None:
+        if action is Action.IGNORE:
+            return
+        severity = Severity.DENY if action is Action.DENY else Severity.WARN
+        if severity is Severity.DENY and (self.mode is Mode.WARN or self.soften):
+            severity = Severity.WARN
+        if self.mode is Mode.AUDIT:
+            severity = Severity.RECORD
+        self.problems.append(Problem(rule, severity, message, container))
+
+
+def _image_problems(
+    judge: _Judge, planned: _Planned, verdict: ImageVerdict, policy: Policy
+) -> None:
+    rules, label, ref = policy.rules, planned.container.label, planned.ref
+    if ref is None:
+        reason = planned.error or "invalid"
+        judge.add(
+            "invalidImage",
+            rules.invalid_image,
+            messages.invalid_image(label, planned.container.image, reason),
+            label,
+        )
+        return
+    if not planned.acr:
+        judge.add("notAcr", rules.not_acr, messages.not_acr(label, ref), label)
+        return
+    if verdict.verdict is Verdict.NOT_STREAMABLE:
+        judge.add(
+            "notStreamable",
+            rules.not_streamable,
+            messages.not_streamable(label, ref, verdict.reason),
+            label,
+        )
+    elif verdict.verdict is Verdict.UNKNOWN:
+        deny = policy.on_error is OnError.DENY
+        action = Action.DENY if deny else Action.WARN
+        judge.add(
+            "onError",
+            action,
+            messages.unknown(
+                label, ref, verdict.reason, denied=deny and judge.mode is Mode.ENFORCE
+            ),
+            label,
+        )
+    if ref.digest_pinned:
+        judge.add("digestPinned", rules.digest_pinned, messages.digest_pinned(label, ref), label)
+
+
+def _pool_problems(judge: _Judge, placement: Placement, policy: Policy) -> None:
+    if not placement.known:
+        return
+    if not placement.pools:
+        judge.add("noPool", Action.WARN, messages.no_pool())
+        return
+    blocked = placement.non_streaming
+    if not blocked:
+        return
+    if len(blocked) == len(placement.pools):
+        judge.add(
+            "poolsCannotStream",
+            policy.rules.pools_cannot_stream,
+            messages.pools_cannot_stream(blocked),
+        )
+    else:
+        judge.add(
+            "poolsMayNotStream",
+            policy.rules.pools_may_not_stream,
+            messages.pools_may_not_stream(blocked),
+        )
+
+
+def _streaming_summary(reports: list[ContainerReport], placement: Placement) -> str:
+    judged = [r for r in reports if not r.exempt]
+    # A digest-pinned image with an artifact may or may not stream (ACR's docs say it may,
+    # AKS's that digest pulls don't): it never makes the workload "all".
+    verdicts = [
+        Verdict.UNKNOWN
+        if r.ref and r.ref.digest_pinned and r.verdict.verdict is Verdict.STREAMABLE
+        else r.verdict.verdict
+        for r in judged
+    ]
+    streamable = verdicts.count(Verdict.STREAMABLE)
+    unknown = verdicts.count(Verdict.UNKNOWN)
+    pools = placement.pools
+    if placement.known and pools and all(p.streaming is Streaming.NO for p in pools):
+        return "none"
+    if streamable == 0:
+        return "unknown" if unknown else "none"
+    if streamable == len(verdicts) and not placement.non_streaming:
+        return "all"
+    return "partial"
+
+
+def _annotations(reports: list[ContainerReport], placement: Placement) -> dict[str, str]:
+    out = {
+        ANNOTATION_STREAMING: _streaming_summary(reports, placement),
+        ANNOTATION_REPORT: ",".join(
+            f"{r.container.label}={'exempt' if r.exempt else r.verdict.verdict.value}"
+            for r in reports
+        ),
+    }
+    pinned = [r.container.label for r in reports if r.ref and r.ref.digest_pinned]
+    if pinned:
+        out[ANNOTATION_DIGEST_PINNED] = ",".join(pinned)
+    if placement.known and placement.pools:
+        cannot = [p.name for p in placement.non_streaming]
+        summary = f"{len(placement.streaming_pools)}/{len(placement.pools)} can stream"
+        out[ANNOTATION_POOLS] = summary + (f"; not: {','.join(cannot)}" if cannot else "")
+    return out
+
+
+def evaluate(
+    workload: Workload,
+    *,
+    mode: Mode,
+    policy: Policy,
+    verdicts: Mapping[ImageRef, ImageVerdict],
+    placement: Placement,
+) -> Decision:
+    """Judge one workload. `verdicts` holds an answer for each of `images_to_check`; a missing
+    one counts as unknown."""
+    if mode is Mode.OFF:
+        return skip(mode, "mode off")
+    controlled = workload.kind == "Pod" and workload.controller_kind in JUDGED_OWNERS
+    judge = _Judge(mode, soften=controlled and not policy.deny_controlled_pods)
+    reports: list[ContainerReport] = []
+    uses_acr = False
+    for planned in _plan(workload, policy):
+        if planned.ref is None:
+            verdict = ImageVerdict(Verdict.UNKNOWN, planned.error or "invalid image")
+        elif not planned.acr:
+            verdict = NOT_ACR
+        else:
+            verdict = verdicts.get(planned.ref) or ImageVerdict(Verdict.UNKNOWN, "not looked up")
+        reports.append(ContainerReport(planned.container, planned.ref, verdict, planned.exempt))
+        if planned.exempt:
+            continue
+        uses_acr = uses_acr or planned.acr
+        _image_problems(judge, planned, verdict, policy)
+    if uses_acr:
+        pod_spec = workload.pod_spec
+        if pod_spec.get("imagePullSecrets"):
+            judge.add("imagePullSecrets", policy.rules.image_pull_secrets, messages.pull_secrets())
+        _pool_problems(judge, placement, policy)
+    if reports and all(r.exempt for r in reports):
+        return skip(mode, "every image is exempt")
+    steer = None
+    if policy.steering.enabled and uses_acr and placement.streaming_pools:
+        steer = placement.steer_label if placement.non_streaming else None
+    problems = tuple(judge.problems)
+    return Decision(
+        allowed=not any(p.severity is Severity.DENY for p in problems),
+        mode=mode,
+        problems=problems,
+        reports=tuple(reports),
+        annotations=_annotations(reports, placement),
+        steer=steer,
+    )

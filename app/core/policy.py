@@ -1,0 +1,147 @@
+"""The streaming policy: what streamgate does about each kind of problem, per namespace.
+
+Loaded once from YAML at start-up (and on reload); validation errors name the field. The
+evaluation core only reads a `Policy`; it never touches files or the environment.
+
+Modes, from strictest: `enforce` (deny rules deny), `warn` (deny rules only warn: the default,
+so installing streamgate never blocks anyone), `audit` (no warnings, annotations and logs
+only), `off` (nothing). A namespace picks its own mode with the label `streamgate.io/mode`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from enum import StrEnum
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from app.core.images import is_acr_host
+from app.core.nodes.rules import PoolRulesConfig
+from app.core.registries import RegistryConfig
+
+MODE_LABEL = "streamgate.io/mode"
+EXEMPT_ANNOTATION = "streamgate.io/exempt"
+
+
+class Mode(StrEnum):
+    ENFORCE = "enforce"
+    WARN = "warn"
+    AUDIT = "audit"
+    OFF = "off"
+
+
+class Action(StrEnum):
+    DENY = "deny"
+    WARN = "warn"
+    IGNORE = "ignore"
+
+
+class OnError(StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Rules(_Strict):
+    """One action per kind of problem. `deny` denies only in `enforce` mode."""
+
+    not_streamable: Action = Field(Action.DENY, alias="notStreamable")
+    pools_cannot_stream: Action = Field(Action.DENY, alias="poolsCannotStream")
+    pools_may_not_stream: Action = Field(Action.WARN, alias="poolsMayNotStream")
+    digest_pinned: Action = Field(Action.WARN, alias="digestPinned")
+    image_pull_secrets: Action = Field(Action.WARN, alias="imagePullSecrets")
+    not_acr: Action = Field(Action.IGNORE, alias="notAcr")
+    invalid_image: Action = Field(Action.WARN, alias="invalidImage")
+
+
+class Exemptions(_Strict):
+    namespaces: tuple[str, ...] = ("kube-system",)
+    images: tuple[str, ...] = ()  # fnmatch patterns on the image string as written
+
+    def image_exempt(self, image: str) -> bool:
+        return any(fnmatch.fnmatchcase(image, pattern) for pattern in self.images)
+
+
+class Steering(_Strict):
+    """Opt-in: /mutate adds a required node-affinity term that keeps pods on streaming pools."""
+
+    enabled: bool = False
+
+
+class Policy(_Strict):
+    mode: Mode = Mode.WARN
+    on_error: OnError = Field(OnError.ALLOW, alias="onError")
+    # Registries treated as ACR besides *.azurecr.io/.cn/.us: host names or fnmatch patterns
+    # (custom domains, test registries). A port is part of the host.
+    acr_registries: tuple[str, ...] = Field((), alias="acrRegistries")
+    rules: Rules = Rules()
+    exemptions: Exemptions = Exemptions()
+    # Pods owned by a controller streamgate also judges (ReplicaSet, Job, ...) were judged
+    # through their owner: by default they are annotated and warned about, never denied.
+    deny_controlled_pods: bool = Field(False, alias="denyControlledPods")
+    steering: Steering = Steering()
+    namespace_modes: dict[str, Mode] = Field(default_factory=dict, alias="namespaceModes")
+    # Which node pools can stream: rules keyed on AKS labels, each switchable (docs/node-pools.md).
+    pools: PoolRulesConfig = PoolRulesConfig()
+    # How registries are reached: deadline, caches, auth per registry (docs/registry.md).
+    registry: RegistryConfig = RegistryConfig()
+
+    @field_validator("acr_registries")
+    @classmethod
+    def _hosts_lower(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for host in value:
+            if not host or "/" in host or " " in host:
+                raise ValueError(f"{host!r} is not a registry host (like myreg.example.com:5000)")
+        return tuple(h.lower() for h in value)
+
+    def is_acr(self, registry: str) -> bool:
+        if is_acr_host(registry):
+            return True
+        host = registry.lower()
+        return any(fnmatch.fnmatchcase(host, pattern) for pattern in self.acr_registries)
+
+
+class PolicyError(ValueError):
+    """The policy file is unreadable or invalid; the message names the file and the field."""
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def parse_policy(data: Any, *, source: str = "policy") -> Policy:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PolicyError(f"{source}: the policy must be a mapping, not {type(data).__name__}")
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as err:
+        lines = [f"{_field_path(e['loc'])}: {e['msg']}" for e in err.errors()]
+        raise PolicyError(f"{source}: invalid policy: " + "; ".join(lines)) from err
+
+
+def policy_from_yaml(text: str, *, source: str) -> Policy:
+    """Parse and validate a policy document; `source` names it in errors (a file's path).
+    Reading the file is the caller's (app.webhook.reload.load_policy)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise PolicyError(f"{source}: not valid YAML: {err}") from err
+    return parse_policy(data, source=source)
+
+
+_MODE_VALUES = re.compile("|".join(m.value for m in Mode))
+
+
+def mode_from_label(value: str | None) -> Mode | None:
+    """The mode a namespace label asks for, or None when absent or not a mode."""
+    if value and _MODE_VALUES.fullmatch(value):
+        return Mode(value)
+    return None

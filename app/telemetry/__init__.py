@@ -1,0 +1,1 @@
+"""What streamgate tells operators: Prometheus metrics, structured logs, Kubernetes Events."""

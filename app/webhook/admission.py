@@ -1,0 +1,255 @@
+"""One admission request, start to finish: skip what needs no work, look up the images'
+verdicts within a deadline, place the pod on node pools, evaluate, and answer.
+
+The registry and the node inventory stay behind their interfaces (`VerdictSource`,
+`PlacementSource`); this module holds the async glue and the error policy: an unexpected
+failure while evaluating never becomes a 500, it becomes the policy's `onError` answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from app.core import messages
+from app.core.evaluate import Decision, evaluate, exemption, images_to_check, skip
+from app.core.images import ImageRef
+from app.core.policy import Mode, OnError, Policy
+from app.core.pools import Placement, PlacementSource
+from app.core.verdicts import ImageVerdict, Verdict, VerdictSource
+from app.core.workloads import Workload, WorkloadError, judged_signature, workload
+from app.webhook.decisionlog import DecisionLog
+from app.webhook.memo import DecisionMemo, Judged, Key, signature
+from app.webhook.patches import annotation_ops, steer_ops
+from app.webhook.review import AdmissionAnswer, AdmissionRequest, ReviewError
+
+logger = logging.getLogger(__name__)
+
+# The whole registry budget for one admission. Kept well under the webhook's default
+# timeoutSeconds (5 s in the chart) so the answer, even "unknown", reaches the apiserver
+# before it gives up and applies failurePolicy.
+DEFAULT_LOOKUP_DEADLINE = 2.0
+
+Endpoint = Literal["validate", "mutate"]
+_JUDGED_SUBRESOURCES = ("", "ephemeralcontainers")
+
+
+class AdmissionObserver(Protocol):
+    """Counts admissions (app/telemetry/metrics.py implements it)."""
+
+    def on_admission(
+        self, *, endpoint: str, kind: str, operation: str, decision: str, seconds: float
+    ) -> None: ...
+
+    def on_verdict(self, verdict: str) -> None: ...
+
+
+class NoObserver:
+    def on_admission(
+        self, *, endpoint: str, kind: str, operation: str, decision: str, seconds: float
+    ) -> None:
+        return None
+
+    def on_verdict(self, verdict: str) -> None:
+        return None
+
+
+class NamespaceModes(Protocol):
+    """The mode a namespace asks for with its `streamgate.io/mode` label, or None."""
+
+    def mode(self, namespace: str) -> Mode | None: ...
+
+
+class NoNamespaceLabels:
+    def mode(self, namespace: str) -> Mode | None:
+        return None
+
+
+@dataclass
+class Admission:
+    """Everything a request needs, built once at start-up and shared by all requests."""
+
+    policy: Callable[[], Policy]
+    verdicts: VerdictSource
+    placement: PlacementSource
+    namespaces: NamespaceModes = field(default_factory=NoNamespaceLabels)
+    lookup_deadline: float = DEFAULT_LOOKUP_DEADLINE
+    observer: AdmissionObserver = field(default_factory=NoObserver)
+    # Called after each /validate decision, on the event loop (Kubernetes Events use it): it
+    # must only hand the decision on (enqueue) and return at once; it never changes the answer.
+    on_decision: Callable[[AdmissionRequest, Decision], None] | None = None
+    memo: DecisionMemo = field(default_factory=DecisionMemo)
+    decision_log: DecisionLog = field(default_factory=DecisionLog)
+    _background: set[asyncio.Task[ImageVerdict]] = field(default_factory=set, repr=False)
+
+    def mode_for(self, namespace: str, policy: Policy) -> Mode:
+        return (
+            self.namespaces.mode(namespace) or policy.namespace_modes.get(namespace) or policy.mode
+        )
+
+    async def lookup(
+        self, refs: Iterable[ImageRef], known: Mapping[ImageRef, ImageVerdict] | None = None
+    ) -> dict[ImageRef, ImageVerdict]:
+        """Verdicts for `refs`, within the deadline. Look-ups still running at the deadline go
+        on in the background (they warm the cache) and count as unknown now. `known`: cached
+        verdicts the caller already asked for (not asked again)."""
+        out: dict[ImageRef, ImageVerdict] = {}
+        missing = []
+        for ref in refs:
+            verdict = known.get(ref) if known else None
+            if verdict is None:
+                verdict = self.verdicts.cached(ref)
+            if verdict is None:
+                missing.append(ref)
+            else:
+                out[ref] = verdict
+        if not missing:  # the warm path: no task, no timer
+            return out
+        tasks = {ref: asyncio.ensure_future(self.verdicts.verdict(ref)) for ref in missing}
+        _, pending = await asyncio.wait(tasks.values(), timeout=self.lookup_deadline)
+        for ref, task in tasks.items():
+            if task in pending:
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+                out[ref] = ImageVerdict(Verdict.UNKNOWN, "registry timed out")
+            elif task.exception() is not None:
+                logger.error("verdict source raised for %s", ref.raw, exc_info=task.exception())
+                out[ref] = ImageVerdict(Verdict.UNKNOWN, "registry look-up failed")
+            else:
+                out[ref] = task.result()
+        return out
+
+    async def decide(self, req: AdmissionRequest) -> tuple[Decision, Workload | None]:
+        policy = self.policy()
+        mode = self.mode_for(req.namespace, policy)
+        if req.operation not in ("CREATE", "UPDATE"):
+            return skip(mode, f"operation {req.operation}"), None
+        if req.sub_resource not in _JUDGED_SUBRESOURCES:
+            return skip(mode, f"subresource {req.sub_resource}"), None
+        if mode is Mode.OFF:
+            return skip(mode, "mode off"), None
+        assert req.obj is not None  # parse_review guarantees it for CREATE and UPDATE
+        wl = workload(req.group, req.kind, req.obj)
+        if wl is None:
+            return skip(mode, f"kind {req.kind} is not judged"), None
+        reason = exemption(wl, req.namespace, policy)
+        if reason:
+            return skip(mode, reason), wl
+        if req.operation == "UPDATE" and req.old_obj is not None and _unchanged(req, wl):
+            return skip(mode, "images and scheduling unchanged"), wl
+        key = signature(wl, mode)
+        placement = self.placement.place(wl.pod_spec)
+        memoised, known = self._from_memo(key, policy, placement)
+        if memoised is not None:
+            return memoised, wl
+        refs = tuple(images_to_check(wl, policy))
+        verdicts = await self.lookup(refs, known)
+        decision = evaluate(wl, mode=mode, policy=policy, verdicts=verdicts, placement=placement)
+        if key is not None:
+            judged = Judged(refs, tuple([verdicts[r] for r in refs]), placement, decision)
+            self.memo.put(key, policy, judged)
+        return decision, wl
+
+    def _from_memo(
+        self, key: Key | None, policy: Policy, placement: Placement
+    ) -> tuple[Decision | None, dict[ImageRef, ImageVerdict]]:
+        """The memoised decision for this template when its verdicts (fresh from the cache)
+        and placement are unchanged; else None, with the cached verdicts it did find."""
+        refs = self.memo.refs_for(key, policy) if key is not None else None
+        if key is None or refs is None:
+            return None, {}
+        current = tuple([self.verdicts.cached(ref) for ref in refs])
+        memoised = self.memo.get(key, policy, current, placement)
+        if memoised is not None:
+            return memoised, {}
+        return None, {ref: v for ref, v in zip(refs, current, strict=True) if v is not None}
+
+    async def answer(self, req: AdmissionRequest, endpoint: Endpoint) -> AdmissionAnswer:
+        started = time.perf_counter()
+        try:
+            decision, wl = await self.decide(req)
+        except WorkloadError as err:
+            # A judged kind without a pod spec is a malformed review, not a policy matter.
+            raise ReviewError(str(err)) from err
+        except Exception:
+            logger.exception("uid=%s evaluation failed; answering onError", req.uid)
+            answer = self._on_error(req)
+            self._observe(req, endpoint, "error", started)
+            return answer
+        outcome = _outcome(decision)
+        took = self._observe(req, endpoint, outcome, started)
+        if endpoint == "validate":
+            for report in decision.reports:
+                self.observer.on_verdict(report.verdict.verdict.value)
+            if self.on_decision is not None:
+                try:
+                    self.on_decision(req, decision)
+                except Exception:
+                    logger.exception("uid=%s decision hook failed; answer unchanged", req.uid)
+        self.decision_log.write(req, endpoint, decision, outcome, took)
+        if endpoint == "mutate":
+            return AdmissionAnswer(allowed=True, patch=tuple(_patch(req, decision, wl)))
+        if decision.allowed:
+            return AdmissionAnswer(allowed=True, warnings=tuple(decision.warnings))
+        return AdmissionAnswer(
+            allowed=False,
+            message=messages.denial(
+                req.kind, req.name or (wl.name if wl else ""), decision.denials
+            ),
+            warnings=tuple(decision.warnings),
+        )
+
+    def _observe(self, req: AdmissionRequest, endpoint: str, outcome: str, started: float) -> float:
+        took = time.perf_counter() - started
+        self.observer.on_admission(
+            endpoint=endpoint,
+            kind=req.kind,
+            operation=req.operation,
+            decision=outcome,
+            seconds=took,
+        )
+        return took
+
+    def _on_error(self, req: AdmissionRequest) -> AdmissionAnswer:
+        policy = self.policy()
+        denied = (
+            policy.on_error is OnError.DENY and self.mode_for(req.namespace, policy) is Mode.ENFORCE
+        )
+        text = "streamgate could not evaluate this object (internal error)"
+        if denied:
+            return AdmissionAnswer(allowed=False, message=f"{text}; denied (onError: deny)")
+        return AdmissionAnswer(allowed=True, warnings=(messages.fit(f"{text}; allowed"),))
+
+
+def _patch(
+    req: AdmissionRequest, decision: Decision, wl: Workload | None
+) -> list[Mapping[str, object]]:
+    if wl is None or decision.skipped or req.sub_resource:
+        return []
+    ops: list[Mapping[str, object]] = list(annotation_ops(wl, decision.annotations))
+    if decision.steer and decision.mode in (Mode.WARN, Mode.ENFORCE):
+        ops += steer_ops(wl, decision.steer)
+    return ops
+
+
+def _unchanged(req: AdmissionRequest, wl: Workload) -> bool:
+    """True when an UPDATE left images and scheduling alone. An old object without a usable
+    pod spec counts as changed: the new object is judged rather than the review refused."""
+    assert req.old_obj is not None
+    try:
+        old = workload(req.group, req.kind, req.old_obj)
+    except WorkloadError:
+        return False
+    return old is not None and judged_signature(old.pod_spec) == judged_signature(wl.pod_spec)
+
+
+def _outcome(decision: Decision) -> str:
+    if decision.skipped:
+        return "skip"
+    if not decision.allowed:
+        return "deny"
+    return "warn" if decision.warnings else "allow"

@@ -1,0 +1,119 @@
+"""Evaluate once per pod template: decisions kept beside the inputs they came from.
+
+Most admissions repeat a few pod templates (every replica of a Deployment, every run of a
+Job). `evaluate` is pure, so its decision for a workload depends only on what `signature`
+captures (kind, owning controller, containers and their images, pull secrets), the mode, the
+policy, the images' verdicts and the placement. An entry keeps the verdicts and placement it
+was judged with; `DecisionMemo.get` hands the decision back only when the verdicts the caller
+has now and the placement are the same ones, so a verdict that expires or changes, a node pool
+that changes, or a policy reload all lead to a new evaluation. Nothing here is a guess.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from app.core.evaluate import Decision
+from app.core.images import ImageRef
+from app.core.policy import Mode, Policy
+from app.core.pools import Placement
+from app.core.verdicts import ImageVerdict
+from app.core.workloads import CONTAINER_FIELDS, Workload
+
+DEFAULT_SIZE = 2048
+
+Key = tuple[Hashable, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Judged:
+    """One evaluation and its inputs: the images asked about, in order, with the verdicts
+    they had, and the placement."""
+
+    refs: tuple[ImageRef, ...]
+    verdicts: tuple[ImageVerdict, ...]
+    placement: Placement
+    decision: Decision
+
+
+def _containers(pod_spec: Mapping[str, Any]) -> tuple[Hashable, ...] | None:
+    out: list[Hashable] = []
+    for field in CONTAINER_FIELDS:
+        items = pod_spec.get(field)
+        if items is None:
+            continue
+        if type(items) is not list:
+            return None  # unusual shapes are judged afresh every time
+        out.append(field)
+        for item in items:
+            if type(item) is not dict:
+                return None
+            name, image = item.get("name"), item.get("image")
+            if not (type(name) is str and (image is None or type(image) is str)):
+                return None
+            out.append((name, image))
+    return tuple(out)
+
+
+def signature(workload: Workload, mode: Mode) -> Key | None:
+    """What `evaluate` reads from the workload (besides placement), as a hashable key; None
+    when the workload has a shape the memo does not handle."""
+    spec = workload.pod_spec
+    containers = _containers(spec)
+    if containers is None:
+        return None
+    controller = workload.controller_kind if workload.kind == "Pod" else None
+    return (workload.kind, controller, mode, bool(spec.get("imagePullSecrets")), containers)
+
+
+class DecisionMemo:
+    """A bounded map from `signature` to `Judged`, emptied when the policy object changes
+    (a reload makes a new one). `size` 0 keeps nothing."""
+
+    def __init__(self, size: int = DEFAULT_SIZE) -> None:
+        self._size = size
+        self._entries: dict[Key, Judged] = {}
+        self._policy: Policy | None = None
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(
+        self,
+        key: Key,
+        policy: Policy,
+        verdicts: tuple[ImageVerdict | None, ...],
+        placement: Placement,
+    ) -> Decision | None:
+        """The decision judged with exactly these verdicts (for `refs_for(key)`) and this
+        placement under this policy, or None."""
+        judged = self._entries.get(key) if policy is self._policy else None
+        if judged is None or judged.verdicts != verdicts or judged.placement != placement:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return judged.decision
+
+    def refs_for(self, key: Key, policy: Policy) -> tuple[ImageRef, ...] | None:
+        """The images an earlier evaluation of `key` asked about, or None when unknown (a miss;
+        `get` counts the rest)."""
+        judged = self._entries.get(key) if policy is self._policy else None
+        if judged is None:
+            self.misses += 1
+            return None
+        return judged.refs
+
+    def put(self, key: Key, policy: Policy, judged: Judged) -> None:
+        if self._size <= 0:
+            return
+        if policy is not self._policy:
+            self._entries.clear()
+            self._policy = policy
+        if key not in self._entries and len(self._entries) >= self._size:
+            # Oldest first: dicts keep insertion order; a template still in use comes back.
+            del self._entries[next(iter(self._entries))]
+        self._entries[key] = judged

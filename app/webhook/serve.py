@@ -1,0 +1,334 @@
+"""Start the webhook: settings -> policy, sources, TLS, uvicorn. Everything is built once here
+and passed in; no request reads the environment."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from app.certs.keeper import CertificateKeeper, ManagedCertSettings, manage_certificates
+from app.certs.tls import CertReloader, issue_self_signed, server_context
+from app.cluster.namespaces import NamespaceLabels
+from app.cluster.nodes import NodeWatcher, api_client_from_config
+from app.core.policy import Policy
+from app.core.pools import NoInventory, PlacementSource
+from app.core.verdicts import VerdictSource
+from app.registry.source import RegistryVerdictSource
+from app.telemetry.events import DEFAULT_INTERVAL, EventRecorder, KubeEventsApi
+from app.telemetry.metrics import Metrics, serve_metrics
+from app.webhook.admission import (
+    Admission,
+    AdmissionObserver,
+    NamespaceModes,
+    NoNamespaceLabels,
+    NoObserver,
+)
+from app.webhook.connections import FIRST_REQUEST_TIMEOUT, guarded_protocol
+from app.webhook.reload import PolicyReloader, load_policy
+from app.webhook.server import create_app
+
+logger = logging.getLogger(__name__)
+
+IN_CLUSTER = "in-cluster"
+LOOKUP_GRACE = 0.25
+
+
+@dataclass
+class ServeSettings:
+    host: str = "0.0.0.0"  # in a pod the Service reaches us on the pod IP
+    port: int = 8443
+    cert: Path | None = None
+    key: Path | None = None
+    self_signed_dir: Path | None = None  # generate a CA and pair here (local runs)
+    self_signed_hosts: list[str] = field(default_factory=lambda: ["127.0.0.1", "localhost"])
+    policy_path: Path | None = None
+    cert_reload_interval: float = 5.0
+    log_level: str = "info"
+    # Where the node and namespace watches read from: a kubeconfig path, "in-cluster", or
+    # None for no cluster (pools unknown, namespace modes from the policy only).
+    kube: str | None = None
+    # --manage-certs: the pair comes from (and is kept fresh in) a Secret via the API.
+    managed_certs: ManagedCertSettings | None = None
+    log_format: str = "text"
+    # /metrics on its own port (0: off), so the admission port serves only admission.
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 0
+    policy_reload_interval: float = 5.0
+    first_request_timeout: float = FIRST_REQUEST_TIMEOUT
+    # Connections plus requests in progress past which uvicorn answers 503 at once: bounds
+    # memory whatever a client does (the apiserver keeps a handful of connections).
+    limit_concurrency: int = 1000
+    # Kubernetes Events on warned and denied objects (needs `kube`); at most one per object and
+    # reason every `event_interval` seconds (app/telemetry/events.py).
+    events: bool = False
+    event_interval: float = DEFAULT_INTERVAL
+
+
+class _PolicyHolder:
+    """The policy in force; swapped whole on reload, read once per request."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.current = policy
+
+    def __call__(self) -> Policy:
+        return self.current
+
+
+class Watches:
+    """The cluster state admission reads: node pools and namespace labels, each watched in a
+    thread. Ready once both have listed everything."""
+
+    def __init__(self, kube: str, policy: Policy) -> None:
+        api = api_client_from_config(None if kube == IN_CLUSTER else kube)
+        self.nodes = NodeWatcher(api, rules=policy.pools)
+        self.namespaces = NamespaceLabels(api)
+
+    def start(self) -> None:
+        self.nodes.start()
+        self.namespaces.start()
+
+    def stop(self) -> None:
+        self.nodes.stop()
+        self.namespaces.stop()
+
+    def ready(self) -> tuple[bool, str]:
+        if not self.nodes.ready:
+            return False, "waiting for the first list of nodes and runtime classes"
+        if not self.namespaces.ready:
+            return False, "waiting for the first list of namespaces"
+        return True, f"ok (node inventory {self.nodes.age_seconds:.0f}s old)"
+
+
+def _always_ready() -> tuple[bool, str]:
+    return True, "ok"
+
+
+def build_admission(
+    settings: ServeSettings,
+    *,
+    verdicts: VerdictSource,
+    placement: PlacementSource | None = None,
+    namespaces: NamespaceModes | None = None,
+    policy: Policy | None = None,
+    observer: AdmissionObserver | None = None,
+) -> Admission:
+    holder = _PolicyHolder(policy or load_policy(settings.policy_path))
+    return Admission(
+        policy=holder,
+        verdicts=verdicts,
+        placement=placement or NoInventory(),
+        namespaces=namespaces or NoNamespaceLabels(),
+        observer=observer or NoObserver(),
+        # The registry source keeps its own deadline and says "registry timed out"; this
+        # outer one only guards against a source that overruns it.
+        lookup_deadline=holder.current.registry.deadline_seconds + LOOKUP_GRACE,
+    )
+
+
+def _tls_files(
+    settings: ServeSettings,
+) -> tuple[Path, Path, Path | None, CertificateKeeper | None]:
+    if settings.managed_certs:
+        kube = settings.kube or IN_CLUSTER
+        api = api_client_from_config(None if kube == IN_CLUSTER else kube)
+        files, keeper = manage_certificates(api, settings.managed_certs)
+        return files.cert, files.key, files.ca, keeper
+    if settings.cert and settings.key:
+        return settings.cert, settings.key, None, None
+    if settings.self_signed_dir:
+        files = issue_self_signed(settings.self_signed_dir, settings.self_signed_hosts)
+        return files.cert, files.key, files.ca, None
+    raise SystemExit("streamgate serve: give --cert and --key, or --self-signed DIR")
+
+
+@dataclass
+class Running:
+    """A configured server: run `server.serve()`; `reloader` keeps its certificate fresh."""
+
+    server: uvicorn.Server
+    reloader: CertReloader
+    url: str
+    ca: Path | None
+    keeper: CertificateKeeper | None = None
+
+
+def build_server(
+    settings: ServeSettings,
+    admission: Admission,
+    *,
+    ready: Callable[[], tuple[bool, str]] = _always_ready,
+    on_bad_request: Callable[[str, int], None] | None = None,
+) -> Running:
+    cert, key, ca, keeper = _tls_files(settings)
+    config = uvicorn.Config(
+        create_app(admission, ready=ready, on_bad_request=on_bad_request),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        log_config=None,  # keep the process's own format (app/telemetry/logs.py)
+        access_log=False,
+        lifespan="off",
+        http=guarded_protocol(settings.first_request_timeout),
+        limit_concurrency=settings.limit_concurrency,
+    )
+    config.load()
+    # uvicorn's own ssl_* options build a context it never reloads: we hand it ours.
+    context = server_context(cert, key)
+    config.ssl = context
+    reloader = CertReloader(context, cert, key, interval=settings.cert_reload_interval)
+    url = f"https://{settings.host}:{settings.port}"
+    return Running(uvicorn.Server(config), reloader, url, ca, keeper)
+
+
+async def serve(
+    settings: ServeSettings,
+    admission: Admission,
+    *,
+    ready: Callable[[], tuple[bool, str]] = _always_ready,
+    background: list[Callable[[], Coroutine[Any, Any, None]]] | None = None,
+    on_bad_request: Callable[[str, int], None] | None = None,
+) -> None:
+    """Serve until stopped; `background` loops run beside the server and end with it."""
+    running = build_server(settings, admission, ready=ready, on_bad_request=on_bad_request)
+    logger.info("streamgate listening on %s (validate, mutate, healthz, readyz)", running.url)
+    loops = [running.reloader.run, *(background or [])]
+    if running.keeper:
+        loops.append(running.keeper.run)
+    tasks = [asyncio.create_task(loop()) for loop in loops]
+    # What start-up built (the kubernetes client, pydantic models, FastAPI: ~85,000 objects)
+    # lives as long as the process. Frozen, it leaves the collector's full passes, which
+    # otherwise walk all of it (45-70 ms) several times a second under load: the p99 spikes.
+    gc.collect()
+    gc.freeze()
+    try:
+        await running.server.serve()
+    finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _probe_watches(metrics: Metrics, watches: Watches) -> None:
+    def age() -> list[tuple[dict[str, str], float]]:
+        value = watches.nodes.age_seconds
+        return [({}, value)] if value != float("inf") else []
+
+    def pools() -> list[tuple[dict[str, str], float]]:
+        counts: dict[str, float] = {}
+        if watches.nodes.ready:
+            for fit in watches.nodes.index.pool_status():
+                counts[fit.streaming.value] = counts.get(fit.streaming.value, 0) + 1
+        return [({"streaming": k}, v) for k, v in counts.items()]
+
+    metrics.watch(
+        "streamgate_inventory_age_seconds",
+        "Seconds since the node inventory last heard from the API",
+        (),
+        age,
+    )
+    metrics.watch("streamgate_node_pools", "Node pools by streaming ability", ("streaming",), pools)
+
+
+async def run_webhook(settings: ServeSettings) -> None:
+    """Everything `streamgate serve` runs: policy, watches, registry client, metrics,
+    policy reload, TLS server. Returns when the server stops."""
+    policy = load_policy(settings.policy_path)
+    metrics = Metrics()
+    if settings.events and not settings.kube:
+        raise SystemExit("streamgate serve: --events needs --kubeconfig (a path or in-cluster)")
+    watches = Watches(settings.kube, policy) if settings.kube else None
+    source = RegistryVerdictSource(policy.registry, acr_hosts=policy.is_acr, observer=metrics)
+    metrics.watch(
+        "streamgate_cache_lookups",
+        "Registry cache counters by cache and event",
+        ("cache", "event"),
+        lambda: [
+            ({"cache": name, "event": event}, float(getattr(stats, event)))
+            for name, stats in source.cache_stats().items()
+            for event in ("hits", "misses", "stale", "evictions")
+        ],
+    )
+    metrics.watch(
+        "streamgate_cache_entries",
+        "Entries held per registry cache",
+        ("cache",),
+        lambda: [({"cache": name}, float(size)) for name, size in source.cache_sizes().items()],
+    )
+    admission = build_admission(
+        settings,
+        verdicts=source,
+        placement=watches.nodes if watches else None,
+        namespaces=watches.namespaces if watches else None,
+        policy=policy,
+        observer=metrics,
+    )
+    memo = admission.memo
+    metrics.watch(
+        "streamgate_decision_memo",
+        "Decisions handed back from the per-template memo (hits), judged anew (misses), held",
+        ("event",),
+        lambda: [
+            ({"event": "hits"}, float(memo.hits)),
+            ({"event": "misses"}, float(memo.misses)),
+            ({"event": "entries"}, float(len(memo))),
+        ],
+    )
+    recorder = None
+    if settings.events and settings.kube:
+        kube = settings.kube
+        recorder = EventRecorder(
+            KubeEventsApi(api_client_from_config(None if kube == IN_CLUSTER else kube)),
+            interval=settings.event_interval,
+            on_result=metrics.on_event,
+        )
+        admission.on_decision = recorder.record
+        recorder.start()
+        logger.info(
+            "kubernetes events on: at most one per object and reason every %gs",
+            settings.event_interval,
+        )
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = []
+    if settings.policy_path is not None:
+        assert isinstance(admission.policy, _PolicyHolder)
+        reloader = PolicyReloader(
+            admission.policy,
+            settings.policy_path,
+            interval=settings.policy_reload_interval,
+            on_result=metrics.on_policy_reload,
+        )
+        background.append(reloader.run)
+    metrics_server = None
+    if settings.metrics_port:
+        metrics_server = serve_metrics(
+            metrics, host=settings.metrics_host, port=settings.metrics_port
+        )
+    if watches:
+        _probe_watches(metrics, watches)
+        watches.start()
+    try:
+        await serve(
+            settings,
+            admission,
+            ready=watches.ready if watches else _always_ready,
+            background=background,
+            on_bad_request=lambda endpoint, code: metrics.on_bad_request(
+                endpoint=endpoint, code=code
+            ),
+        )
+    finally:
+        if watches:
+            watches.stop()
+        if recorder is not None:
+            recorder.stop()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        await source.aclose()
