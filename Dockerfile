@@ -23,13 +23,17 @@ RUN if [ -f constraints.txt ]; then set -- --constraint constraints.txt; fi \
  && /opt/streamgate/bin/streamgate --version
 
 FROM ${PYTHON_IMAGE}
+# The source revision `streamgate --version` reports (make image passes git's HEAD).
+ARG REVISION=""
 LABEL org.opencontainers.image.title="streamgate" \
+      org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.description="Admission webhook: can AKS workloads use ACR artifact streaming?"
 COPY --from=build /opt/streamgate /opt/streamgate
 ENV PATH=/opt/streamgate/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    HOME=/tmp
+    HOME=/tmp \
+    STREAMGATE_REVISION=${REVISION}
 # Numeric non-root user (the chart's runAsUser/runAsGroup); no /etc/passwd entry needed.
 # Nothing is written at run time except /tmp (an emptyDir in the chart): the root
 # filesystem can be read-only.

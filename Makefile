@@ -19,10 +19,11 @@ $(STAMP): pyproject.toml constraints.txt
 	   > $(VENV)/install.log 2>&1 || { tail -30 $(VENV)/install.log; exit 1; }
 	@touch $@
 
-lint: install ## ruff and mypy --strict
+lint: install ## ruff, mypy --strict and the import contracts (pyproject.toml)
 	$(BIN)/ruff check app tests hack bench
 	$(BIN)/ruff format --check app tests hack bench
 	$(BIN)/mypy app bench
+	$(BIN)/lint-imports --no-cache
 
 format: install
 	$(BIN)/ruff format app tests hack bench
@@ -56,7 +57,7 @@ constraints: install ## re-pin constraints.txt from the current virtualenv
 IMAGE ?= streamgate:dev
 image: ## build the container image (needs a Docker engine)
 	@docker info >/dev/null 2>&1 || { echo "make image: no Docker engine here; build on a machine with Docker" >&2; exit 1; }
-	docker build -t $(IMAGE) .
+	docker build --build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null) -t $(IMAGE) .
 
 reliability: install ## long reliability runs (24,000 fuzz cases, 5-min soak, faults, safety, security; ~15 min): docs/reliability.md
 	@out=$(VENV)/reliability; rm -rf $$out; mkdir -p $$out; \

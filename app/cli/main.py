@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from app import __version__
 from app.certs.keeper import ManagedCertSettings
 from app.certs.tls import issue_self_signed
 from app.cli.check import ManifestError, Result, check, read_manifests, to_json, to_table
@@ -31,6 +30,7 @@ from app.cli.scan import (
     scan,
     scan_registry_config,
 )
+from app.cli.version import version_line
 from app.cluster.nodes import NodeWatcher
 from app.core.nodes.placement import PlacementIndex
 from app.core.policy import Mode, Policy, PolicyError
@@ -269,9 +269,20 @@ def _add_explain(sub: Any) -> None:
     e.set_defaults(func=_explain)
 
 
+class _VersionAction(argparse.Action):
+    """Like argparse's "version" action, but works the revision out only when asked."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        print(version_line())
+        parser.exit()
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamgate", description=__doc__)
-    p.add_argument("--version", action="version", version=f"streamgate {__version__}")
+    p.add_argument("--version", action=_VersionAction, help="show the version and revision")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the admission webhook over HTTPS")
