@@ -31,6 +31,7 @@ import httpx
 from app.core.evaluate import Decision, evaluate
 from app.core.images import ImageRef, InvalidImageRef, is_acr_host, parse_image
 from app.core.messages import fix_command
+from app.core.plan import plan
 from app.core.policy import Mode, Policy
 from app.core.pools import UNKNOWN_PLACEMENT, Placement, PlacementSource
 from app.core.registries import RegistryConfig
@@ -384,7 +385,9 @@ def _webhook_step(
     }
     wl = workload("", "Pod", pod)
     assert wl is not None
-    decision = evaluate(wl, mode=mode, policy=policy, verdicts={ref: verdict}, placement=placement)
+    decision = evaluate(
+        plan(wl, policy), mode=mode, policy=policy, verdicts={ref: verdict}, placement=placement
+    )
     if decision.skipped:
         return Step("webhook", f"skipped: {decision.skipped}"), decision
     shown = decision.denials + decision.warnings

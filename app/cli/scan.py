@@ -32,10 +32,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
-from app.core.evaluate import ANNOTATION_STREAMING, Decision, Severity, images_to_check
+from app.core.evaluate import ANNOTATION_STREAMING, Decision, Severity
 from app.core.images import ImageRef
 from app.core.nodes.model import inventory_from_api
 from app.core.nodes.placement import PlacementIndex
+from app.core.plan import plan
 from app.core.policy import MODE_LABEL, Mode, Policy, mode_from_label
 from app.core.pools import UNKNOWN_PLACEMENT, Placement, PlacementSource
 from app.core.registries import RegistryConfig
@@ -652,7 +653,7 @@ async def scan(
         except WorkloadError:
             continue
         if wl is not None:
-            wanted |= images_to_check(wl, policy)
+            wanted.update(plan(wl, policy).to_check)
     images = await verdicts.prefetch(
         wanted, lambda done, total: progress.update("looking up images", done, total)
     )

@@ -1,7 +1,8 @@
 """The pure core: a workload, its images' verdicts, its node pools and a policy -> a decision.
 
 No network, no environment, no framework: the webhook, `streamgate check` and `scan` all call
-`images_to_check` (which images need a registry verdict) and then `evaluate`.
+`plan` (app.core.plan: which images need a registry verdict), look those up, and hand the same
+plan to `evaluate`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from app.core import messages
-from app.core.images import ImageRef, InvalidImageRef, parse_image
+from app.core.images import ImageRef
+from app.core.plan import Plan, PlannedImage
 from app.core.policy import EXEMPT_ANNOTATION, Action, Mode, OnError, Policy
 from app.core.pools import Placement, Streaming
 from app.core.verdicts import NOT_ACR, ImageVerdict, Verdict
@@ -68,31 +70,6 @@ def skip(mode: Mode, reason: str) -> Decision:
     return Decision(allowed=True, mode=mode, skipped=reason)
 
 
-@dataclass(frozen=True, slots=True)
-class _Planned:
-    container: Container
-    ref: ImageRef | None
-    error: str | None
-    acr: bool
-    exempt: bool
-
-
-def _plan(workload: Workload, policy: Policy) -> list[_Planned]:
-    planned = []
-    for c in workload.containers():
-        try:
-            if not isinstance(c.image, str):
-                raise InvalidImageRef("image is missing" if c.image is None else "not a string")
-            ref: ImageRef | None = parse_image(c.image)
-            error = None
-        except InvalidImageRef as err:
-            ref, error = None, str(err)
-        exempt = isinstance(c.image, str) and policy.exemptions.image_exempt(c.image)
-        acr = ref is not None and policy.is_acr(ref.registry)
-        planned.append(_Planned(c, ref, error, acr, exempt))
-    return planned
-
-
 def exemption(workload: Workload, namespace: str, policy: Policy) -> str | None:
     """Why the whole workload is exempt, or None."""
     if namespace in policy.exemptions.namespaces:
@@ -102,11 +79,6 @@ def exemption(workload: Workload, namespace: str, policy: Policy) -> str | None:
         if reason is not None:
             return f"exempt by annotation: {reason}"
     return None
-
-
-def images_to_check(workload: Workload, policy: Policy) -> set[ImageRef]:
-    """The ACR images whose registry verdict `evaluate` needs."""
-    return {p.ref for p in _plan(workload, policy) if p.ref and p.acr and not p.exempt}
 
 
 class _Judge:
@@ -130,7 +102,7 @@ class _Judge:
 
 
 def _image_problems(
-    judge: _Judge, planned: _Planned, verdict: ImageVerdict, policy: Policy
+    judge: _Judge, planned: PlannedImage, verdict: ImageVerdict, policy: Policy
 ) -> None:
     rules, label, ref = policy.rules, planned.container.label, planned.ref
     if ref is None:
@@ -231,22 +203,23 @@ def _annotations(reports: list[ContainerReport], placement: Placement) -> dict[s
 
 
 def evaluate(
-    workload: Workload,
+    plan: Plan,
     *,
     mode: Mode,
     policy: Policy,
     verdicts: Mapping[ImageRef, ImageVerdict],
     placement: Placement,
 ) -> Decision:
-    """Judge one workload. `verdicts` holds an answer for each of `images_to_check`; a missing
-    one counts as unknown."""
+    """Judge one planned workload. `verdicts` holds an answer for each of `plan.to_check`; a
+    missing one counts as unknown."""
     if mode is Mode.OFF:
         return skip(mode, "mode off")
+    workload = plan.workload
     controlled = workload.kind == "Pod" and workload.controller_kind in JUDGED_OWNERS
     judge = _Judge(mode, soften=controlled and not policy.deny_controlled_pods)
     reports: list[ContainerReport] = []
     uses_acr = False
-    for planned in _plan(workload, policy):
+    for planned in plan.images:
         if planned.ref is None:
             verdict = ImageVerdict(Verdict.UNKNOWN, planned.error or "invalid image")
         elif not planned.acr:

@@ -66,14 +66,17 @@ class WorkloadError(ValueError):
 
 @dataclass(slots=True)
 class Workload:
-    """A judged object: its kind, metadata and pod spec, all as mappings from the request.
-    Read-only by convention; not frozen, as it is built on every admission (see
-    app.webhook.review.AdmissionRequest)."""
+    """A judged object, walked once: its kind, the object, where its pod spec is, the pod spec
+    and its containers. Every later step (exemption, memo signature, image plan, evaluation,
+    patches) reads these instead of walking the object again. Read-only by convention; not
+    frozen, as it is built on every admission (see app.webhook.review.AdmissionRequest)."""
 
     group: str
     kind: str
     obj: Mapping[str, Any]
     spec_path: tuple[str, ...]
+    pod_spec: Mapping[str, Any]
+    containers: tuple[Container, ...]
 
     @property
     def metadata(self) -> Mapping[str, Any]:
@@ -91,13 +94,6 @@ class Workload:
         return ann if isinstance(ann, dict) else {}
 
     @property
-    def pod_spec(self) -> Mapping[str, Any]:
-        node: Any = self.obj
-        for part in self.spec_path:
-            node = node.get(part) if isinstance(node, dict) else None
-        return node if isinstance(node, dict) else {}
-
-    @property
     def template_metadata_path(self) -> tuple[str, ...] | None:
         """Path of the pod template's metadata, or None for a Pod (its metadata is its own)."""
         if len(self.spec_path) == 1:
@@ -111,9 +107,6 @@ class Workload:
             node = node.get(part) if isinstance(node, dict) else None
         ann = node.get("annotations") if isinstance(node, dict) else None
         return ann if isinstance(ann, dict) else {}
-
-    def containers(self) -> Iterator[Container]:
-        yield from containers_of(self.pod_spec)
 
     @property
     def controller_kind(self) -> str | None:
@@ -151,14 +144,20 @@ def workload(group: str, kind: str, obj: Mapping[str, Any]) -> Workload | None:
     spec_path = KINDS.get((group, kind))
     if spec_path is None:
         return None
-    wl = Workload(group=group, kind=kind, obj=obj, spec_path=spec_path)
     node: Any = obj
     for depth, part in enumerate(spec_path):
         node = node.get(part) if isinstance(node, dict) else None
         if not isinstance(node, dict):
             where = ".".join(spec_path[: depth + 1])
             raise WorkloadError(f"{kind} has no {where} object")
-    return wl
+    return Workload(
+        group=group,
+        kind=kind,
+        obj=obj,
+        spec_path=spec_path,
+        pod_spec=node,
+        containers=tuple(containers_of(node)),
+    )
 
 
 # Fields of a pod spec that decide where it runs and what it pulls: an UPDATE that changes none
@@ -173,7 +172,8 @@ SCHEDULING_FIELDS = (
 )
 
 
-def judged_signature(pod_spec: Mapping[str, Any]) -> tuple[Any, ...]:
+def judged_signature(workload: Workload) -> tuple[Any, ...]:
     """What an UPDATE must change for streamgate to judge it again: images and scheduling."""
-    images = tuple((c.field, c.name, repr(c.image)) for c in containers_of(pod_spec))
-    return (images, *(repr(pod_spec.get(f)) for f in SCHEDULING_FIELDS))
+    spec = workload.pod_spec
+    images = tuple([(c.field, c.name, repr(c.image)) for c in workload.containers])
+    return (images, *(repr(spec.get(f)) for f in SCHEDULING_FIELDS))

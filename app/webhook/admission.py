@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from app.core import messages
-from app.core.evaluate import Decision, evaluate, exemption, images_to_check, skip
+from app.core.evaluate import Decision, evaluate, exemption, skip
 from app.core.images import ImageRef
+from app.core.plan import plan
 from app.core.policy import Mode, OnError, Policy
 from app.core.pools import Placement, PlacementSource
 from app.core.verdicts import ImageVerdict, Verdict, VerdictSource
@@ -146,9 +147,12 @@ class Admission:
         memoised, known = self._from_memo(key, policy, placement)
         if memoised is not None:
             return memoised, wl
-        refs = tuple(images_to_check(wl, policy))
+        planned = plan(wl, policy)
+        refs = planned.to_check
         verdicts = await self.lookup(refs, known)
-        decision = evaluate(wl, mode=mode, policy=policy, verdicts=verdicts, placement=placement)
+        decision = evaluate(
+            planned, mode=mode, policy=policy, verdicts=verdicts, placement=placement
+        )
         if key is not None:
             judged = Judged(refs, tuple([verdicts[r] for r in refs]), placement, decision)
             self.memo.put(key, policy, judged)
@@ -244,7 +248,7 @@ def _unchanged(req: AdmissionRequest, wl: Workload) -> bool:
         old = workload(req.group, req.kind, req.old_obj)
     except WorkloadError:
         return False
-    return old is not None and judged_signature(old.pod_spec) == judged_signature(wl.pod_spec)
+    return old is not None and judged_signature(old) == judged_signature(wl)
 
 
 def _outcome(decision: Decision) -> str:

@@ -11,16 +11,15 @@ that changes, or a policy reload all lead to a new evaluation. Nothing here is a
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any
 
 from app.core.evaluate import Decision
 from app.core.images import ImageRef
 from app.core.policy import Mode, Policy
 from app.core.pools import Placement
 from app.core.verdicts import ImageVerdict
-from app.core.workloads import CONTAINER_FIELDS, Workload
+from app.core.workloads import Workload
 
 DEFAULT_SIZE = 2048
 
@@ -38,34 +37,15 @@ class Judged:
     decision: Decision
 
 
-def _containers(pod_spec: Mapping[str, Any]) -> tuple[Hashable, ...] | None:
-    out: list[Hashable] = []
-    for field in CONTAINER_FIELDS:
-        items = pod_spec.get(field)
-        if items is None:
-            continue
-        if type(items) is not list:
-            return None  # unusual shapes are judged afresh every time
-        out.append(field)
-        for item in items:
-            if type(item) is not dict:
-                return None
-            name, image = item.get("name"), item.get("image")
-            if not (type(name) is str and (image is None or type(image) is str)):
-                return None
-            out.append((name, image))
-    return tuple(out)
-
-
 def signature(workload: Workload, mode: Mode) -> Key | None:
     """What `evaluate` reads from the workload (besides placement), as a hashable key; None
-    when the workload has a shape the memo does not handle."""
-    spec = workload.pod_spec
-    containers = _containers(spec)
-    if containers is None:
-        return None
+    when an image is neither a string nor missing (judged afresh every time)."""
+    for c in workload.containers:
+        if c.image is not None and type(c.image) is not str:
+            return None
     controller = workload.controller_kind if workload.kind == "Pod" else None
-    return (workload.kind, controller, mode, bool(spec.get("imagePullSecrets")), containers)
+    secrets = bool(workload.pod_spec.get("imagePullSecrets"))
+    return (workload.kind, controller, mode, secrets, workload.containers)
 
 
 class DecisionMemo:

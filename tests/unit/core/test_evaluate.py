@@ -8,10 +8,10 @@ from app.core.evaluate import (
     Severity,
     evaluate,
     exemption,
-    images_to_check,
 )
 from app.core.images import parse_image
 from app.core.messages import MAX_WARNING
+from app.core.plan import plan
 from app.core.policy import Mode, parse_policy
 from app.core.pools import UNKNOWN_PLACEMENT, Placement, PoolFit, Streaming
 from app.core.verdicts import ImageVerdict, Verdict
@@ -43,9 +43,9 @@ def deployment(*images, pull_secrets=False, annotations=None, template_annotatio
 
 def run(wl, verdicts=None, *, mode=Mode.WARN, placement=UNKNOWN_PLACEMENT, **policy):
     pol = parse_policy(policy)
-    refs = images_to_check(wl, pol)
-    got = {ref: (verdicts or {}).get(ref.raw, STREAM) for ref in refs}
-    return evaluate(wl, mode=mode, policy=pol, verdicts=got, placement=placement)
+    planned = plan(wl, pol)
+    got = {ref: (verdicts or {}).get(ref.raw, STREAM) for ref in planned.to_check}
+    return evaluate(planned, mode=mode, policy=pol, verdicts=got, placement=placement)
 
 
 def rules(decision):
@@ -129,7 +129,7 @@ def test_digest_pinned_warns_even_in_enforce_and_is_annotated():
 
 def test_not_acr_ignored_by_default_and_never_looked_up():
     wl = deployment("nginx:1", "ghcr.io/a/b:1")
-    assert images_to_check(wl, parse_policy({})) == set()
+    assert set(plan(wl, parse_policy({})).to_check) == set()
     d = run(wl)
     assert d.problems == ()
     assert d.annotations[ANNOTATION_REPORT] == "c0=not-acr,c1=not-acr"
@@ -140,7 +140,7 @@ def test_not_acr_ignored_by_default_and_never_looked_up():
 
 def test_custom_acr_registry_is_looked_up():
     wl = deployment("127.0.0.1:25000/demo/a:v1")
-    assert images_to_check(wl, parse_policy({"acrRegistries": ["127.0.0.1:25000"]})) == {
+    assert set(plan(wl, parse_policy({"acrRegistries": ["127.0.0.1:25000"]})).to_check) == {
         parse_image("127.0.0.1:25000/demo/a:v1")
     }
 
@@ -163,7 +163,7 @@ def test_exempt_image_pattern():
     img = f"{ACR}/base/tool:1"
     wl = deployment(img, f"{ACR}/web:v1")
     pol = {"exemptions": {"images": [f"{ACR}/base/*"]}}
-    assert images_to_check(wl, parse_policy(pol)) == {parse_image(f"{ACR}/web:v1")}
+    assert set(plan(wl, parse_policy(pol)).to_check) == {parse_image(f"{ACR}/web:v1")}
     d = run(wl, {img: NOPE}, mode=Mode.ENFORCE, **pol)
     assert d.allowed
     assert d.annotations[ANNOTATION_REPORT] == "c0=exempt,c1=streamable"
@@ -236,8 +236,9 @@ def test_controlled_pod_is_warned_not_denied_unless_policy_says():
 
 def test_missing_verdict_counts_as_unknown():
     wl = deployment(f"{ACR}/a:1")
+    pol = parse_policy({})
     d = evaluate(
-        wl, mode=Mode.WARN, policy=parse_policy({}), verdicts={}, placement=UNKNOWN_PLACEMENT
+        plan(wl, pol), mode=Mode.WARN, policy=pol, verdicts={}, placement=UNKNOWN_PLACEMENT
     )
     assert d.reports[0].verdict.verdict is Verdict.UNKNOWN
 

@@ -27,7 +27,7 @@ def wrap(kind, spec):
 def test_every_kind_yields_all_container_fields(group, kind):
     wl = workload(group, kind, wrap(kind, pod_spec("myreg.azurecr.io/a:1")))
     assert wl is not None
-    got = [(c.field, c.label, c.image) for c in wl.containers()]
+    got = [(c.field, c.label, c.image) for c in wl.containers]
     assert got == [
         ("initContainers", "init:init", "busybox"),
         ("containers", "app", "myreg.azurecr.io/a:1"),
@@ -61,7 +61,7 @@ def test_malformed_containers_are_skipped_not_fatal():
         "Pod",
         {"spec": {"containers": ["x", {"image": 3}, {"name": "a"}], "initContainers": "no"}},
     )
-    got = [(c.name, c.image) for c in wl.containers()]
+    got = [(c.name, c.image) for c in wl.containers]
     assert got == [("#1", 3), ("a", None)]
 
 
@@ -80,9 +80,13 @@ def test_template_metadata_path_and_controller():
 def test_signature_ignores_labels_but_not_images_or_scheduling():
     base = pod_spec()
     same = {**pod_spec(), "serviceAccountName": "other"}
-    assert judged_signature(base) == judged_signature(same)
-    assert judged_signature(base) != judged_signature(pod_spec("nginx:2"))
-    assert judged_signature(base) != judged_signature({**base, "nodeSelector": {"a": "b"}})
+
+    def sig(spec):
+        return judged_signature(workload("", "Pod", {"spec": spec}))
+
+    assert sig(base) == sig(same)
+    assert sig(base) != sig(pod_spec("nginx:2"))
+    assert sig(base) != sig({**base, "nodeSelector": {"a": "b"}})
 
 
 def test_pointer_escapes():
