@@ -6,7 +6,7 @@ The registry says how it wants to be spoken to in `WWW-Authenticate` on a 401:
 - `Bearer realm=..,service=..,scope=..`: get an access token from the realm:
   - `Anonymous` / `BasicAuth`: `GET realm?service=..&scope=..` (Basic header when we have it);
   - `AcrAad`: AAD token → `POST <realm origin>/oauth2/exchange` → refresh token →
-    `POST realm` (grant_type=refresh_token) → access token (FACTS.md §2).
+    `POST realm` (grant_type=refresh_token) → access token (docs/aks-facts.md §2).
 
 Once a registry has asked for bearer tokens, later requests get one up front (no 401 round
 trip). Tokens are cached until shortly before they expire: AAD tokens per scope, refresh
@@ -44,7 +44,7 @@ from app.registry.wire import WireResponse, send_bounded
 
 logger = logging.getLogger(__name__)
 
-REFRESH_LIFETIME = 3 * 3600.0  # ACR refresh tokens: about 3 hours (FACTS.md §2)
+REFRESH_LIFETIME = 3 * 3600.0  # ACR refresh tokens: about 3 hours (docs/aks-facts.md §2)
 ACCESS_LIFETIME = 75 * 60.0  # ACR access tokens: about 75 minutes
 PLAIN_TOKEN_LIFETIME = 60.0  # Docker token spec: expires_in defaults to 60 s
 TOKEN_BODY_LIMIT = 64 * 1024

@@ -2,7 +2,7 @@
 
 `GET /acr/v1/<repo>/_streaming/<digest>`: 404 means no conversion was ever requested; 200
 carries the last operation: `status` (NotStarted, Running, Succeeded, Failed, Canceled),
-`progress`, and on failure a code such as UNSUPPORTED_PLATFORM (FACTS.md §1; the API has no
+`progress`, and on failure a code such as UNSUPPORTED_PLATFORM (docs/aks-facts.md §5; the API has no
 published spec, so the field holding the code is looked for under a few likely names, and
 every value is reduced to a short, safe string before it can reach a user).
 """

@@ -4,7 +4,7 @@
 - `BasicAuth`: a user name and password (non-ACR registries, or ACR tokens/admin users): sent
   as HTTP Basic to the registry or to its token service, never anywhere else.
 - `AcrAad`: an Azure AD token, exchanged at the registry's `/oauth2/exchange` for a refresh
-  token, then at `/oauth2/token` for a repository-scoped access token (FACTS.md §2).
+  token, then at `/oauth2/token` for a repository-scoped access token (docs/aks-facts.md §2).
 
 AAD tokens come from an `AadTokenProvider`. Production uses `AzureIdentityProvider` (the async
 `DefaultAzureCredential`: workload identity, managed identity, environment); tests pass any

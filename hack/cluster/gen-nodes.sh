@@ -3,7 +3,7 @@
 # pools, managed by KWOK (annotation kwok.x-k8s.io/node=fake). Re-run after
 # editing the pool table below:  hack/cluster/gen-nodes.sh > hack/cluster/nodes.yaml
 #
-# Labels follow /work/shared/docs/FACTS.md §3 (AKS node labels). The pools
+# Labels follow docs/aks-facts.md §3 (AKS node labels). The pools
 # cover every "can this node stream?" case the webhook has to tell apart.
 set -euo pipefail
 

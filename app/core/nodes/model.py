@@ -9,8 +9,9 @@ Only the fields that scheduling and streaming depend on are kept (labels, taints
 versions of a node that differ only in heartbeats compare equal and cause no rebuild.
 
 Nodes are grouped into pools by `kubernetes.azure.com/agentpool`, then the legacy `agentpool`
-label, then the node's own name (FACTS.md §3). `NodePool` holds the facts of one pool under the
-default AKS label keys; judging whether a pool can stream is `app.core.nodes.rules`' job.
+label, then the node's own name (docs/aks-facts.md §3). `NodePool` holds the facts of one pool
+under the default AKS label keys; judging whether a pool can stream is `app.core.nodes.rules`'
+job.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# Default AKS / upstream label keys (FACTS.md §3). The rules can be re-keyed; these are the
+# Default AKS / upstream label keys (docs/aks-facts.md §3). The rules can be re-keyed; these are the
 # keys under which `NodePool` reports its facts.
 POOL_LABELS = ("kubernetes.azure.com/agentpool", "agentpool")
 ARCH_LABEL = "kubernetes.io/arch"
