@@ -21,7 +21,7 @@ from app.webhook.review import ReviewError, parse_review, render
 from bench.reviews import review_set
 from tests.memory import MemoryVerdicts
 
-REVIEWS = Path(__file__).parent.parent / "reviews"
+REVIEWS = Path(__file__).parents[2] / "reviews"
 
 
 class Fixed:
@@ -106,6 +106,7 @@ def _pod_specs(obj: dict) -> list[dict]:
 
 def all_reviews() -> list[tuple[str, dict]]:
     fixtures = [(p.stem, json.loads(p.read_text())) for p in sorted(REVIEWS.glob("*.json"))]
+    assert len(fixtures) >= 20, f"captured reviews not found under {REVIEWS}"
     bench = review_set("127.0.0.1:25000", "sgbench")
     out = []
     for name, review in [*fixtures, *bench]:
