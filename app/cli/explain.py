@@ -547,8 +547,8 @@ async def _steps(out: Explanation, ref: ImageRef, policy: Policy, run: _Run) -> 
     step = out.add("verdict", verdict.verdict.value + reason)
     if run.error is not None:
         step.details.append(f"the look-up failed: {clean(run.error)}")
-    if verdict.verdict is Verdict.NOT_STREAMABLE and not ref.digest:
-        step.details.append(f"to ask ACR for one: {fix_command(ref)}")
+    if verdict.verdict is Verdict.NOT_STREAMABLE:
+        step.details.append(f"to ask ACR for one: {fix_command(ref, policy.acr_registry_names)}")
     deadline, took = config.deadline_seconds, out.lookup_seconds
     within = (
         f"within the {deadline:g} s admission deadline"

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from app.core.messages import no_streaming_pools
 from app.core.nodes.model import Inventory, inventory_from_api
 from app.core.nodes.placement import PlacementIndex
 from app.core.pools import PoolFit
@@ -42,6 +43,9 @@ def pool_table(index: PlacementIndex) -> str:
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join(
+    table = "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
     )
+    if index.inventory.pools and not index.streaming_enabled:
+        table += "\n\n" + no_streaming_pools(index.pool_status())
+    return table

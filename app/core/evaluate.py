@@ -59,7 +59,10 @@ class Decision:
 
     @property
     def warnings(self) -> list[str]:
-        return [p.message for p in self.problems if p.severity is Severity.WARN]
+        """What `kubectl apply` shows: within the apiserver's limits, most important first."""
+        return messages.fit_warnings(
+            [p.message for p in self.problems if p.severity is Severity.WARN]
+        )
 
     @property
     def denials(self) -> list[str]:
@@ -121,7 +124,7 @@ def _image_problems(
         judge.add(
             "notStreamable",
             rules.not_streamable,
-            messages.not_streamable(label, ref, verdict.reason),
+            messages.not_streamable(label, ref, verdict.reason, policy.acr_registry_names),
             label,
         )
     elif verdict.verdict is Verdict.UNKNOWN:
@@ -145,6 +148,15 @@ def _pool_problems(judge: _Judge, placement: Placement, policy: Policy) -> None:
     if not placement.pools:
         judge.add("noPool", Action.WARN, messages.no_pool())
         return
+    if not placement.streaming_enabled:
+        # No pool of the cluster has streaming on: the one fix that matters; the pools'
+        # other reasons would only hide it.
+        judge.add(
+            "noStreamingPools",
+            policy.rules.no_streaming_pools,
+            messages.no_streaming_pools(placement.pools),
+        )
+        return
     blocked = placement.non_streaming
     if not blocked:
         return
@@ -158,8 +170,49 @@ def _pool_problems(judge: _Judge, placement: Placement, policy: Policy) -> None:
         judge.add(
             "poolsMayNotStream",
             policy.rules.pools_may_not_stream,
-            messages.pools_may_not_stream(blocked),
+            messages.pools_may_not_stream(
+                blocked, placement.steer_label, placement.streaming_pools
+            ),
         )
+
+
+# Most important first: the apiserver drops warnings past 4 KiB (app/core/messages.py).
+_RANK = {
+    "noStreamingPools": 0,
+    "poolsCannotStream": 0,
+    "poolsMayNotStream": 0,
+    "noPool": 0,
+    "notStreamable": 1,
+    "onError": 1,
+    "digestPinned": 2,
+    "imagePullSecrets": 3,
+    "invalidImage": 4,
+    "notAcr": 5,
+}
+_SEVERITY_ORDER = {Severity.DENY: 0, Severity.WARN: 1, Severity.RECORD: 2}
+
+
+def _ordered(problems: list[Problem]) -> tuple[Problem, ...]:
+    """Problems several containers share as one ("3 containers (a, b, c): …"), most
+    important first: denials, then pools, then images."""
+    groups: dict[tuple[str, Severity, str], list[Problem]] = {}
+    for problem in problems:
+        rest = problem.message
+        prefix = f"{problem.container}: "
+        if problem.container is not None and rest.startswith(prefix):
+            rest = rest[len(prefix) - 2 :]  # keep the ": "
+        else:
+            rest = "\0" + rest  # not per container: never grouped with another
+        groups.setdefault((problem.rule, problem.severity, rest), []).append(problem)
+    merged = []
+    for (rule, severity, rest), members in groups.items():
+        if len(members) == 1:
+            merged.append(members[0])
+            continue
+        labels = [m.container or "" for m in members]
+        merged.append(Problem(rule, severity, messages.grouped(labels, rest), members[0].container))
+    merged.sort(key=lambda p: (_SEVERITY_ORDER[p.severity], _RANK.get(p.rule, 9)))
+    return tuple(merged)
 
 
 def _streaming_summary(reports: list[ContainerReport], placement: Placement) -> str:
@@ -241,7 +294,7 @@ def evaluate(
     steer = None
     if policy.steering.enabled and uses_acr and placement.streaming_pools:
         steer = placement.steer_label if placement.non_streaming else None
-    problems = tuple(judge.problems)
+    problems = _ordered(judge.problems)
     return Decision(
         allowed=not any(p.severity is Severity.DENY for p in problems),
         mode=mode,

@@ -116,3 +116,11 @@ def is_acr_host(registry: str) -> bool:
     """True for `<name>.azurecr.io|cn|us`, with or without a port."""
     host = registry.lower().rsplit(":", 1)[0] if registry.count(":") == 1 else registry.lower()
     return host.endswith(ACR_SUFFIXES)
+
+
+def acr_registry_name(registry: str) -> str | None:
+    """The registry's ACR resource name (what `az acr … -n` takes) for `<name>.azurecr.*`
+    hosts; None for other hosts (a custom domain's name is not in its host name)."""
+    if not is_acr_host(registry):
+        return None
+    return registry.lower().split(".", 1)[0] or None

@@ -1,110 +1,151 @@
-"""The words users read: one short warning per problem, and the denial message.
+"""The words users read: one warning per problem, and the denial message.
 
-Kubernetes asks that warnings stay within 120 characters; every message here is built to
-fit, shortening the image reference first and the whole text only as a last resort.
+What the kube-apiserver does with warnings (k8s.io/apiserver/pkg/warning and the warning
+recorder of its handler chain, checked against the real apiserver in
+tests/e2e/test_admission_e2e.py): identical texts are sent once; while all warnings of a
+request add up to at most 4,096 characters each is passed on whole; past that, every warning
+is cut to 256 characters and those past the 4,096 are dropped. So a warning here:
+
+- names the image as the user wrote it, shortening only the middle of a very long one;
+- never cuts the fix: the command is printed whole and runs as printed;
+- stays within `MAX_WARNING` (256) characters whenever the fix itself allows;
+
+and `fit_warnings` keeps a request's warnings within `MAX_TOTAL`, most important first.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from app.core.images import ImageRef, is_acr_host
+from app.core.images import ImageRef, acr_registry_name
 from app.core.pools import PoolFit
 
-MAX_WARNING = 120
+MAX_WARNING = 256  # the apiserver cuts longer warnings once a request's warnings pass 4 KiB
+MAX_TOTAL = 4096  # the apiserver drops warnings past this many characters in all
 NO_ARTIFACT = "no streaming artifact"
-_IMAGE_BUDGET = 56
 _ELLIPSIS = "…"
 
 
 def fit(text: str, limit: int = MAX_WARNING) -> str:
-    """One line of at most `limit` characters."""
+    """One line of at most `limit` characters (for texts with nothing to copy out of them)."""
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 1] + _ELLIPSIS
 
 
-def short(text: str, budget: int = _IMAGE_BUDGET) -> str:
-    """Shorten in the middle, keeping the registry and the tag readable."""
+def short(text: str, budget: int) -> str:
+    """Shorten in the middle, keeping both ends readable."""
     if len(text) <= budget:
         return text
     head = (budget - 1) // 2
     return text[:head] + _ELLIPSIS + text[-(budget - 1 - head) :]
 
 
-def display(ref: ImageRef, budget: int = _IMAGE_BUDGET) -> str:
-    """The image as written, with a digest cut to its first 12 hex characters."""
+def display(ref: ImageRef) -> str:
+    """The image as written, with a digest cut to its first 12 hex characters (the fix
+    command, where one is printed, carries the whole digest)."""
     text = ref.raw
     if ref.digest:
         algo, _, hexpart = ref.digest.partition(":")
         text = text.replace(ref.digest, f"{algo}:{hexpart[:12]}{_ELLIPSIS}")
-    if len(text) > budget and text.startswith(ref.registry + "/"):
-        text = text[len(ref.registry) + 1 :]  # the repository says more than the host
-    return short(text, budget)
+    return text
 
 
-def repo_tag(ref: ImageRef) -> str:
-    return f"{ref.repository}:{ref.tag or 'latest'}"
+def _line(prefix: str, ref: ImageRef, suffix: str, limit: int = MAX_WARNING) -> str:
+    """`prefix`, the image as written, `suffix`; when the line would pass `limit`, only the
+    image's middle is shortened (down to 16 characters; never the prefix or the suffix)."""
+    shown = display(ref)
+    over = len(prefix) + len(shown) + len(suffix) - limit
+    if over > 0:
+        room = max(16, len(shown) - over)
+        host = ref.registry + "/"
+        if shown.startswith(host) and room >= len(host) + 12:  # keep the host whole
+            shown = host + short(shown[len(host) :], room - len(host))
+        else:
+            shown = short(shown, room)
+    return prefix + shown + suffix
 
 
-def fix_command(ref: ImageRef) -> str:
+def registry_name(ref: ImageRef, names: Mapping[str, str]) -> str | None:
+    """The ACR resource name `az acr` wants for this image's registry: from `names` (the
+    policy's `acrRegistryNames`, for custom domains), else from an `*.azurecr.*` host."""
+    return names.get(ref.registry) or acr_registry_name(ref.registry)
+
+
+def image_argument(ref: ImageRef) -> str:
+    """`--image` as az takes it, from what the user wrote: `repo:tag`, or `repo@digest` for an
+    image pinned by digest alone (never a tag the user did not write)."""
+    if ref.tag:
+        return f"{ref.repository}:{ref.tag}"
+    if ref.digest:
+        return f"{ref.repository}@{ref.digest}"
+    return f"{ref.repository}:latest"  # no tag and no digest: the kubelet pulls :latest
+
+
+def fix_command(ref: ImageRef, names: Mapping[str, str] | None = None) -> str:
     """The az command that asks ACR for a streaming artifact of this image."""
-    name = f"-n {ref.registry.split('.')[0]} " if is_acr_host(ref.registry) else ""
-    image = f"{ref.repository}@{ref.digest}" if ref.digest else repo_tag(ref)
-    return f"az acr artifact-streaming create {name}--image {image}"
+    name = registry_name(ref, names or {})
+    registry = name if name else f"<registry name of {ref.registry}>"
+    return f"az acr artifact-streaming create -n {registry} --image {image_argument(ref)}"
 
 
 _RETRY = re.compile(r"conversion (failed \([A-Z_]+\)|canceled)\Z")
 
 
-def not_streamable(label: str, ref: ImageRef, reason: str) -> str:
+def not_streamable(
+    label: str, ref: ImageRef, reason: str, names: Mapping[str, str] | None = None
+) -> str:
     """Names the image and what to do. When the registry knows more (conversion queued,
     running, failed for a reason no retry fixes) its reason is the message; the command that
     starts a conversion is added only where running it would help."""
+    fix = fix_command(ref, names)
     if not reason or reason == NO_ARTIFACT:
-        detail = f" has no streaming artifact; fix: {fix_command(ref)}"
+        detail = f" has no streaming artifact; fix: {fix}"
     elif _RETRY.match(reason):
-        detail = f": {reason}; retry: {fix_command(ref)}"
+        detail = f": {' '.join(reason.split())}; retry: {fix}"
     else:
-        detail = f": {reason}"
-    full = f"{label}: {display(ref)}{detail}"
-    if len(full) <= MAX_WARNING:
-        return full
-    return fit(f"{label}: {short(repo_tag(ref), 40)}{detail}")
+        detail = f": {' '.join(reason.split())}"
+    line = _line(f"{label}: ", ref, detail)
+    if len(line) > MAX_WARNING and fix in detail:
+        # The command names the registry and the image: it alone says which image it is.
+        line = f"{label}: {detail.removeprefix(' has ').lstrip(': ')}"
+    return line
 
 
 def unknown(label: str, ref: ImageRef, reason: str, *, denied: bool) -> str:
-    """The outcome stays readable: a long reason is shortened before it."""
+    """Not checked: why, what happens now, and where to look further."""
     outcome = "denied (onError: deny)" if denied else "allowed"
-    head = " ".join(f"{label}: {display(ref, 48)} not checked:".split())
-    room = MAX_WARNING - len(head) - len(outcome) - 3
-    why = " ".join((reason or "unknown").split())
-    if len(why) > room > 8:
-        why = why[: room - 1] + _ELLIPSIS
-    return fit(f"{head} {why}; {outcome}")
+    why = " ".join((reason or "unknown").split())[:120]
+    tail = f" not checked: {why}; {outcome}; details: streamgate explain {ref.raw}"
+    if len(tail) + len(label) + 40 > MAX_WARNING:
+        tail = f" not checked: {why}; {outcome}"
+    return _line(f"{label}: ", ref, tail)
 
 
 def digest_pinned(label: str, ref: ImageRef) -> str:
-    return fit(f"{label}: {display(ref, 48)} is pinned by digest; AKS streams tag pulls only")
+    how = f"pull it by tag ({ref.repository}:{ref.tag})" if ref.tag else "pull it by tag"
+    return _line(f"{label}: ", ref, f" is pinned by digest; AKS streams tag pulls only: {how}")
 
 
 def pull_secrets() -> str:
-    return fit(
-        "imagePullSecrets set: ACR pulls with pull secrets don't stream; "
-        "use the kubelet identity (az aks update --attach-acr)"
+    return (
+        "imagePullSecrets set: ACR pulls with pull secrets don't stream; use the kubelet "
+        "identity (az aks update -g <resource-group> -n <cluster> --attach-acr <registry>)"
     )
 
 
 def not_acr(label: str, ref: ImageRef) -> str:
-    return fit(f"{label}: {display(ref)} is not from ACR and can't stream")
+    return _line(f"{label}: ", ref, " is not from ACR and can't stream")
 
 
 def invalid_image(label: str, image: object, reason: str) -> str:
-    shown = short(image if isinstance(image, str) else repr(image), 40)
+    if image is None:
+        return f"{label}: has no image"
+    shown = short(image if isinstance(image, str) else repr(image), 120)
     return fit(f"{label}: invalid image {shown!r}: {reason}")
 
 
-def pool_list(pools: Sequence[PoolFit], budget: int = 70) -> str:
+def pool_list(pools: Sequence[PoolFit], budget: int = 110) -> str:
     """`arm (arm64), cvm (Confidential VM), +2 more`, kept within `budget` characters."""
     parts: list[str] = []
     used = 0
@@ -120,18 +161,69 @@ def pool_list(pools: Sequence[PoolFit], budget: int = 70) -> str:
     return ", ".join(parts)
 
 
-def pools_may_not_stream(pools: Sequence[PoolFit]) -> str:
-    return fit(f"may land on pools that can't stream: {pool_list(pools)}; add a nodeSelector")
+def selector_hint(selector: tuple[str, str] | None, streaming: Sequence[PoolFit]) -> str:
+    """How to keep the pod on pools that stream: the label the steering option requires."""
+    if selector is not None:
+        key, value = selector
+        return f'add nodeSelector {key}: "{value}"'
+    if streaming:
+        names = ", ".join(p.name for p in streaming[:4]) + (", …" if len(streaming) > 4 else "")
+        return f"add a nodeSelector or affinity for the pools that stream ({names})"
+    return "add a nodeSelector or affinity for a pool that streams"
+
+
+def pools_may_not_stream(
+    pools: Sequence[PoolFit],
+    selector: tuple[str, str] | None = None,
+    streaming: Sequence[PoolFit] = (),
+) -> str:
+    hint = selector_hint(selector, streaming)
+    return fit(f"may land on pools that can't stream: {pool_list(pools)}; {hint}")
 
 
 def pools_cannot_stream(pools: Sequence[PoolFit]) -> str:
     return fit(f"only fits pools that can't stream: {pool_list(pools)}; target a streaming pool")
 
 
-def no_pool() -> str:
-    return fit(
-        "fits no current node pool (nodeSelector, affinity, tolerations): it will stay Pending"
+def no_streaming_pools(pools: Sequence[PoolFit]) -> str:
+    """No node of the cluster carries the streaming label: streaming was never enabled."""
+    pool = next((p.name for p in pools if p.streaming.value == "unknown"), "<pool>")
+    return (
+        "no node pool in this cluster has artifact streaming enabled; enable it: "
+        f"az aks nodepool update -g <resource-group> --cluster-name <cluster> -n {pool} "
+        "--enable-artifact-streaming"
     )
+
+
+def no_pool() -> str:
+    return "fits no current node pool (nodeSelector, affinity, tolerations): it will stay Pending"
+
+
+def grouped(labels: Sequence[str], text: str) -> str:
+    """One warning for a problem several containers share: `text` without its label, led by
+    how many and which."""
+    names = ", ".join(labels[:3]) + (f", +{len(labels) - 3} more" if len(labels) > 3 else "")
+    return f"{len(labels)} containers ({names}){text}"
+
+
+def fit_warnings(texts: Sequence[str], limit: int = MAX_TOTAL) -> list[str]:
+    """The warnings the apiserver will pass on whole: in order, each once, within `limit`
+    characters in all; when some must go, the last kept says how many were left out."""
+    out: list[str] = []
+    used = 0
+    unique = list(dict.fromkeys(texts))
+    for i, text in enumerate(unique):
+        rest = len(unique) - i - 1
+        reserve = 90 if rest else 0  # room for the "+N more" line
+        if used + len(text) + reserve > limit:
+            out.append(
+                f"+{len(unique) - i} more problems not shown; see the streamgate.io/report "
+                "annotation or run streamgate check"
+            )
+            break
+        out.append(text)
+        used += len(text)
+    return out
 
 
 def denial(kind: str, name: str, problems: Sequence[str]) -> str:

@@ -54,6 +54,7 @@ class Rules(_Strict):
     not_streamable: Action = Field(Action.DENY, alias="notStreamable")
     pools_cannot_stream: Action = Field(Action.DENY, alias="poolsCannotStream")
     pools_may_not_stream: Action = Field(Action.WARN, alias="poolsMayNotStream")
+    no_streaming_pools: Action = Field(Action.WARN, alias="noStreamingPools")
     digest_pinned: Action = Field(Action.WARN, alias="digestPinned")
     image_pull_secrets: Action = Field(Action.WARN, alias="imagePullSecrets")
     not_acr: Action = Field(Action.IGNORE, alias="notAcr")
@@ -80,6 +81,9 @@ class Policy(_Strict):
     # Registries treated as ACR besides *.azurecr.io/.cn/.us: host names or fnmatch patterns
     # (custom domains, test registries). A port is part of the host.
     acr_registries: tuple[str, ...] = Field((), alias="acrRegistries")
+    # host[:port] of a custom-domain ACR -> its ACR resource name, so fix commands can name it
+    # (`az acr artifact-streaming create -n <name>`); *.azurecr.io hosts need no entry.
+    acr_registry_names: dict[str, str] = Field(default_factory=dict, alias="acrRegistryNames")
     rules: Rules = Rules()
     exemptions: Exemptions = Exemptions()
     # Pods owned by a controller streamgate also judges (ReplicaSet, Job, ...) were judged
@@ -91,6 +95,16 @@ class Policy(_Strict):
     pools: PoolRulesConfig = PoolRulesConfig()
     # How registries are reached: deadline, caches, auth per registry (docs/registry.md).
     registry: RegistryConfig = RegistryConfig()
+
+    @field_validator("acr_registry_names")
+    @classmethod
+    def _names_lower(cls, value: dict[str, str]) -> dict[str, str]:
+        for host, name in value.items():
+            if not host or "/" in host or " " in host:
+                raise ValueError(f"{host!r} is not a registry host (like myreg.example.com:5000)")
+            if not name or not name.isalnum():
+                raise ValueError(f"{name!r} is not an ACR registry name (letters and digits)")
+        return {host.lower(): name.lower() for host, name in value.items()}
 
     @field_validator("acr_registries")
     @classmethod

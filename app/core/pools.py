@@ -39,6 +39,9 @@ class Placement:
     # The label selector that, added as a required node-affinity term, keeps the pod on pools
     # that stream (the steering option); None when steering is impossible or pointless.
     steer_label: tuple[str, str] | None = None
+    # False when no node of the cluster carries the streaming label: streaming was never
+    # enabled on any pool, so the pools' "unknown" is really "off everywhere".
+    streaming_enabled: bool = True
 
     @property
     def non_streaming(self) -> tuple[PoolFit, ...]:

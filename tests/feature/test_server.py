@@ -17,6 +17,7 @@ import kubernetes_validate
 import pytest
 
 from app.certs.tls import issue_self_signed
+from app.core.messages import MAX_TOTAL, MAX_WARNING
 from tests.feature.conftest import trusting
 
 REVIEWS = sorted((Path(__file__).parents[1] / "reviews").glob("*.json"))
@@ -60,7 +61,8 @@ def test_captured_review_round_trip(webhook, path):
     v, m = validate.json()["response"], mutate.json()["response"]
     assert "patch" not in v and "warnings" not in m
     for warning in v.get("warnings", []):
-        assert len(warning) <= 120
+        assert len(warning) <= MAX_WARNING
+    assert sum(len(w) for w in v.get("warnings", [])) <= MAX_TOTAL
     judged = request["operation"] in ("CREATE", "UPDATE") and request.get("subResource") is None
     judged = judged and not path.stem.endswith("labels-only")
     assert ("patch" in m) is judged
@@ -86,12 +88,12 @@ def test_warnings_name_container_image_and_fix(webhook):
     with webhook.client() as client:
         warnings = client.post("/validate", json=review).json()["response"]["warnings"]
     assert (
-        "c1: sidecar:v2 has no streaming artifact; fix: az acr "
+        "c1: streamgatedemo.azurecr.io/sidecar:v2 has no streaming artifact; fix: az acr "
         "artifact-streaming create -n streamgatedemo --image sidecar:v2" in warnings
     )
     assert (
-        "init:init0: migrate@sha256:cccccccccccc… is pinned by digest; AKS streams tag pulls "
-        "only" in warnings
+        "init:init0: streamgatedemo.azurecr.io/migrate@sha256:cccccccccccc… is pinned by digest; "
+        "AKS streams tag pulls only: pull it by tag" in warnings
     )
     assert any(w.startswith("init:init0:") and "pinned by digest" in w for w in warnings)
 
@@ -103,7 +105,10 @@ def test_enforce_namespace_denies_with_every_problem(webhook):
         resp = client.post("/validate", json=review).json()["response"]
     assert resp["allowed"] is False
     assert resp["status"]["code"] == 403
-    assert "(1) c1: sidecar:v2 has no streaming artifact" in resp["status"]["message"]
+    assert (
+        "(1) c1: streamgatedemo.azurecr.io/sidecar:v2 has no streaming artifact"
+        in resp["status"]["message"]
+    )
 
 
 @pytest.mark.parametrize(

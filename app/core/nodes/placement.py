@@ -107,6 +107,7 @@ class PlacementIndex:
         label = self._rules.streaming_label
         streaming_seen = label.key in inventory.label_keys
         self._can_steer = label.enabled and streaming_seen
+        self.streaming_enabled = streaming_seen or not label.enabled
 
         members: dict[tuple[object, ...], list[Node]] = {}
         identity: set[str] = set()
@@ -193,7 +194,12 @@ class PlacementIndex:
         if placement is None:
             pools = self._fits(fitting, extra=sandbox_reason)
             labelled = {g.pool for g in fitting if g.steer_match}
-            placement = Placement(known=True, pools=pools, steer_label=self._steer(pools, labelled))
+            placement = Placement(
+                known=True,
+                pools=pools,
+                steer_label=self._steer(pools, labelled),
+                streaming_enabled=self.streaming_enabled or not pools,
+            )
             if len(self._result_memo) >= _MAX_MEMO:
                 self._result_memo.clear()
             self._result_memo[key] = placement

@@ -115,7 +115,10 @@ async def test_plain_image_has_no_streaming_artifact_and_its_conversion_status()
     assert step(out, "conversion").startswith("never requested")
     verdict = step(out, "verdict")
     assert verdict.startswith("not-streamable: no streaming artifact")
-    assert "az acr artifact-streaming create --image demo/plain:v1" in verdict
+    assert (
+        "az acr artifact-streaming create -n <registry name of reg.test> --image demo/plain:v1"
+        in verdict
+    )
     webhook = step(out, "webhook")
     assert "allowed with warnings (mode warn)" in webhook
     assert "app: reg.test/demo/plain:v1 has no streaming artifact" in webhook

@@ -292,7 +292,7 @@ async def test_table_markdown_and_json() -> None:
     ]
     legacy = next(line.split() for line in table.splitlines() if " legacy " in line)
     assert legacy[:5] == ["shop", "Deployment", "legacy", "warn", "not-streamable"]
-    assert legacy[5:] == ["0/2", "-", "1/2", "notStreamable,", "poolsMayNotStream"]
+    assert legacy[5:] == ["0/2", "-", "1/2", "poolsMayNotStream,", "notStreamable"]
     assert "    warn: c0: myreg.azurecr.io/plain:v1 has no streaming artifact" in table
     assert "  Deployment shop/legacy" in table
     assert "Totals: 11 workloads in 4 namespaces (all namespaces)" in table

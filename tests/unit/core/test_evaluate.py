@@ -10,7 +10,7 @@ from app.core.evaluate import (
     exemption,
 )
 from app.core.images import parse_image
-from app.core.messages import MAX_WARNING
+from app.core.messages import MAX_TOTAL, MAX_WARNING
 from app.core.plan import plan
 from app.core.policy import Mode, parse_policy
 from app.core.pools import UNKNOWN_PLACEMENT, Placement, PoolFit, Streaming
@@ -243,7 +243,7 @@ def test_missing_verdict_counts_as_unknown():
     assert d.reports[0].verdict.verdict is Verdict.UNKNOWN
 
 
-def test_every_message_fits_in_120_characters():
+def test_every_message_fits_the_apiserver_limit_and_keeps_its_fix_whole():
     long_image = (
         f"{ACR}/" + "/".join(["averyveryverylongrepositorysegment"] * 4) + ":v1.2.3-build.456789"
     )
@@ -263,6 +263,8 @@ def test_every_message_fits_in_120_characters():
     for p in d.problems:
         assert len(p.message) <= MAX_WARNING, p.message
         assert "\n" not in p.message
+    fix = "az acr artifact-streaming create -n myreg --image " + long_image.split("/", 1)[1]
+    assert any(p.message.endswith("fix: " + fix) for p in d.problems)
 
 
 @pytest.mark.parametrize(
@@ -280,7 +282,7 @@ def test_every_message_fits_in_120_characters():
         ),
         (
             "conversion failed (UNKNOWN_ERROR)",
-            "c0: web:v1: conversion failed (UNKNOWN_ERROR); "
+            "c0: myreg.azurecr.io/web:v1: conversion failed (UNKNOWN_ERROR); "
             "retry: az acr artifact-streaming create -n myreg --image web:v1",
         ),
         (
@@ -295,3 +297,44 @@ def test_fix_or_retry_only_where_it_helps(reason, message):
     img = f"{ACR}/web:v1"
     d = run(deployment(img), {img: ImageVerdict(Verdict.NOT_STREAMABLE, reason)})
     assert d.problems[0].message == message
+
+
+def test_a_hundred_containers_with_one_problem_give_one_warning_and_the_pool_one_first():
+    images = [f"{ACR}/same:v1"] * 98 + [f"{ACR}/other:v1", f"{ACR}/third:v1"]
+    placement = Placement(True, (OK_POOL, ARM_POOL))
+    d = run(deployment(*images), {f"{ACR}/same:v1": NOPE}, placement=placement)
+    warnings = d.warnings
+    assert warnings[0].startswith("may land on pools that can't stream: arm (arm64)")
+    assert warnings[1].startswith(
+        f"98 containers (c0, c1, c2, +95 more): {ACR}/same:v1 has no streaming artifact; fix: "
+    )
+    assert len(warnings) == 2
+    assert sum(len(w) for w in warnings) <= MAX_TOTAL
+
+
+def test_many_distinct_problems_stay_within_the_apiserver_total_pool_warning_kept():
+    images = [f"{ACR}/image-number-{i:03d}-with-a-longer-name:v1" for i in range(100)]
+    placement = Placement(True, (OK_POOL, ARM_POOL))
+    d = run(deployment(*images), {im: NOPE for im in images}, placement=placement)
+    warnings = d.warnings
+    assert warnings[0].startswith("may land on pools that can't stream")
+    assert sum(len(w) for w in warnings) <= MAX_TOTAL
+    assert warnings[-1].startswith("+") and "more problems not shown" in warnings[-1]
+    assert len(d.problems) == 101  # every problem is still recorded
+
+
+@pytest.mark.parametrize("mode", [Mode.ENFORCE, Mode.WARN])
+def test_no_pool_with_streaming_enabled_is_its_own_warning(mode):
+    unknown_pool = PoolFit("user1", Streaming.UNKNOWN, ("no streaming label in cluster",))
+    placement = Placement(True, (unknown_pool, ARM_POOL), streaming_enabled=False)
+    d = run(deployment(f"{ACR}/web:v1"), placement=placement, mode=mode)
+    assert rules(d) == [("noStreamingPools", Severity.WARN)]
+    assert d.allowed
+    assert "--enable-artifact-streaming" in d.warnings[0]
+    denied = run(
+        deployment(f"{ACR}/web:v1"),
+        placement=placement,
+        mode=Mode.ENFORCE,
+        rules={"noStreamingPools": "deny"},
+    )
+    assert not denied.allowed

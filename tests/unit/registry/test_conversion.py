@@ -82,10 +82,23 @@ def test_parse_conversion(doc: dict[str, Any], expected: ConversionStatus) -> No
         ),
         (
             "127.0.0.1:25443/demo/app:v1",
-            "az acr artifact-streaming create --image demo/app:v1",
+            "az acr artifact-streaming create -n <registry name of 127.0.0.1:25443> "
+            "--image demo/app:v1",
+        ),
+        (
+            "registry.contoso.com/demo/app:v1@sha256:" + "b" * 64,
+            "az acr artifact-streaming create -n contosoacr --image demo/app:v1",
+        ),
+        (
+            "myacr.azurecr.io/" + "/".join(["segment"] * 30) + ":" + "t" * 120,
+            "az acr artifact-streaming create -n myacr --image "
+            + "/".join(["segment"] * 30)
+            + ":"
+            + "t" * 120,
         ),
     ],
-    ids=["tag", "digest", "not-azurecr"],
+    ids=["tag", "digest", "custom-domain-unnamed", "custom-domain-named", "long"],
 )
 def test_fix_command(image: str, command: str) -> None:
-    assert fix_command(parse_image(image)) == command
+    names = {"registry.contoso.com": "contosoacr"}
+    assert fix_command(parse_image(image), names) == command

@@ -93,7 +93,9 @@ async def test_warning_makes_a_warning_event_on_the_object_with_its_uid() -> Non
     event = event_for(req, await decided(req))
     assert event is not None
     assert event.reason == REASON_WARNING
-    assert event.message.startswith("app: plain:v1 has no streaming artifact; fix: az acr")
+    assert event.message.startswith(
+        "app: myreg.azurecr.io/plain:v1 has no streaming artifact; fix: az acr"
+    )
     assert event.involved.as_dict() == {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -128,7 +130,9 @@ async def test_denied_create_goes_on_the_controller() -> None:
         "name": "web-5d4",
         "uid": "rs-uid",
     }
-    assert event.message.startswith("Pod web-5d4-x7k: app: plain:v1 has no streaming artifact")
+    assert event.message.startswith(
+        "Pod web-5d4-x7k: app: myreg.azurecr.io/plain:v1 has no streaming artifact"
+    )
 
 
 async def test_denied_create_without_controller_names_the_object_without_uid() -> None:

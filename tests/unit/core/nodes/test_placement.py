@@ -635,3 +635,21 @@ def test_repeated_scheduling_fields_answer_from_the_memo() -> None:
     # values that are not plain JSON skip the memo and are still judged
     odd = {**spec, "nodeName": object()}
     assert index.place(odd).known
+
+
+def test_a_cluster_without_the_streaming_label_says_streaming_is_off_everywhere() -> None:
+    from app.cli.poolreport import pool_table
+
+    nodes = [aks_node("user1", 0, drop=(STREAM,)), aks_node("user2", 0, drop=(STREAM,))]
+    index = PlacementIndex(build_inventory(nodes, []))
+    placement = index.place({"containers": [{"name": "a", "image": "x"}]})
+    assert placement.pools and not placement.streaming_enabled
+    assert {p.streaming for p in placement.pools} == {Streaming.UNKNOWN}
+    table = pool_table(index)
+    assert table.splitlines()[-1].startswith(
+        "no node pool in this cluster has artifact streaming enabled; enable it: "
+        "az aks nodepool update"
+    )
+    labelled = PlacementIndex(build_inventory([aks_node("user1", 0)], []))
+    assert labelled.place({}).streaming_enabled
+    assert "no node pool" not in pool_table(labelled)

@@ -1,0 +1,104 @@
+import pytest
+
+from app.core.images import parse_image
+from app.core.messages import (
+    MAX_TOTAL,
+    MAX_WARNING,
+    digest_pinned,
+    fit_warnings,
+    fix_command,
+    invalid_image,
+    no_streaming_pools,
+    not_streamable,
+    pools_may_not_stream,
+    unknown,
+)
+from app.core.pools import PoolFit, Streaming
+
+DIGEST = "sha256:" + "c" * 64
+
+
+@pytest.mark.parametrize(
+    ("image", "names", "command"),
+    [
+        ("myacr.azurecr.io/web:v1", {}, "-n myacr --image web:v1"),
+        ("myacr.azurecr.io/web", {}, "-n myacr --image web:latest"),
+        (f"myacr.azurecr.io/web@{DIGEST}", {}, f"-n myacr --image web@{DIGEST}"),
+        (f"myacr.azurecr.io/web:v1@{DIGEST}", {}, "-n myacr --image web:v1"),
+        ("reg.contoso.com/a/b:1", {"reg.contoso.com": "contoso"}, "-n contoso --image a/b:1"),
+        ("reg.contoso.com/a/b:1", {}, "-n <registry name of reg.contoso.com> --image a/b:1"),
+    ],
+    ids=["tag", "no-tag", "digest-only", "tag-and-digest", "custom-named", "custom-unnamed"],
+)
+def test_the_fix_names_registry_repository_and_what_the_user_wrote(image, names, command):
+    assert fix_command(parse_image(image), names) == "az acr artifact-streaming create " + command
+
+
+def test_a_digest_pinned_image_never_gets_a_tag_it_did_not_write():
+    text = not_streamable("web", parse_image(f"myacr.azurecr.io/web@{DIGEST}"), "")
+    assert "latest" not in text and ":v" not in text
+    assert text.endswith(f"--image web@{DIGEST}")
+
+
+def test_the_image_is_shown_as_written_host_included():
+    ref = parse_image("127.0.0.1:25000/demo/plain:v1")
+    text = not_streamable("app", ref, "", {"127.0.0.1:25000": "demoacr"})
+    assert text == (
+        "app: 127.0.0.1:25000/demo/plain:v1 has no streaming artifact; "
+        "fix: az acr artifact-streaming create -n demoacr --image demo/plain:v1"
+    )
+
+
+def test_a_long_image_is_shortened_in_the_middle_and_the_fix_stays_whole():
+    repo = "/".join(["team-with-a-long-name"] * 3)
+    ref = parse_image(f"myacr.azurecr.io/{repo}:release-2026.12.05-build.123456")
+    text = not_streamable("a-container-with-a-long-name", ref, "")
+    assert len(text) <= MAX_WARNING
+    assert text.endswith(f"--image {repo}:release-2026.12.05-build.123456")
+    assert text.startswith("a-container-with-a-long-name: myacr.azurecr.io/")
+
+
+def test_digest_pin_says_pull_by_tag_with_the_tag_when_known():
+    with_tag = digest_pinned("c", parse_image(f"myacr.azurecr.io/web:v1@{DIGEST}"))
+    assert with_tag.endswith("pull it by tag (web:v1)")
+    assert digest_pinned("c", parse_image(f"myacr.azurecr.io/web@{DIGEST}")).endswith(
+        "pull it by tag"
+    )
+
+
+def test_unknown_points_at_explain_with_the_image():
+    ref = parse_image("myacr.azurecr.io/web:v1")
+    text = unknown("c", ref, "registry timed out", denied=False)
+    assert text.endswith("allowed; details: streamgate explain myacr.azurecr.io/web:v1")
+
+
+def test_a_container_without_image_is_said_so_plainly():
+    assert invalid_image("app", None, "image is missing") == "app: has no image"
+    assert "None" not in invalid_image("app", None, "image is missing")
+
+
+def test_the_pool_warning_names_the_selector_that_keeps_the_pod_on_streaming_pools():
+    blocked = [PoolFit("arm", Streaming.NO, ("arm64",))]
+    text = pools_may_not_stream(
+        blocked,
+        ("kubernetes.azure.com/artifactstreaming-enabled", "true"),
+        [PoolFit("fast", Streaming.YES)],
+    )
+    assert text.endswith('add nodeSelector kubernetes.azure.com/artifactstreaming-enabled: "true"')
+    no_selector = pools_may_not_stream(blocked, None, [PoolFit("fast", Streaming.YES)])
+    assert no_selector.endswith("for the pools that stream (fast)")
+
+
+def test_no_streaming_pool_gives_the_enable_command_for_a_pool_it_fits():
+    text = no_streaming_pools([PoolFit("user1", Streaming.UNKNOWN, ("no streaming label",))])
+    assert text.startswith("no node pool in this cluster has artifact streaming enabled")
+    assert "az aks nodepool update" in text and "-n user1 --enable-artifact-streaming" in text
+
+
+def test_warnings_fit_the_apiserver_total_and_say_what_was_left_out():
+    texts = [f"c{i}: problem number {i} " + "x" * 150 for i in range(60)]
+    kept = fit_warnings([texts[0], texts[0], *texts])
+    assert kept[0] == texts[0] and kept.count(texts[0]) == 1
+    assert sum(len(t) for t in kept) <= MAX_TOTAL
+    assert kept[-1].startswith(f"+{60 - (len(kept) - 1)} more problems not shown")
+    assert fit_warnings(texts[:3]) == texts[:3]
