@@ -36,11 +36,11 @@ STREAMING_POOLS = {
 }
 
 
-# What kubectl prints for PLAIN: the full line would pass 120 characters, so the registry
-# host goes (the fix command names the repository anyway).
+# What kubectl prints for PLAIN: the image as written, and the fix with the ACR name the
+# demo policy gives the local registry (acrRegistryNames).
 NO_ARTIFACT = (
-    "app: demo/plain:v1 has no streaming artifact; fix: az acr artifact-streaming "
-    "create --image demo/plain:v1"
+    "app: 127.0.0.1:25000/demo/plain:v1 has no streaming artifact; fix: az acr "
+    "artifact-streaming create -n demoacr --image demo/plain:v1"
 )
 
 
@@ -301,8 +301,8 @@ def test_digest_pinned_is_warned_even_in_enforce(webhook, kubectl):
     )
     assert out.returncode == 0, out.stderr
     assert (
-        "Warning: app: demo/streamable@sha256:50f5eab91715… is pinned by "
-        "digest; AKS streams tag pulls only"
+        f"Warning: app: {REGISTRY}/demo/streamable@sha256:50f5eab91715… is pinned by "
+        "digest; AKS streams tag pulls only: pull it by tag"
     ) in out.stderr
     ann = annotations(kubectl, "pod", pod_name, webhook.ns("enforce"))
     assert ann["streamgate.io/digest-pinned"] == "app"
@@ -362,7 +362,7 @@ def test_ephemeral_debug_container_is_judged(webhook, kubectl):
     out = kubectl(
         "debug", pod_name, "-n", webhook.ns("warn"), f"--image={PLAIN}", "-c", "dbg", check=False
     )
-    assert "Warning: debug:dbg: demo/plain:v1 has no streaming artifact" in out.stderr
+    assert "Warning: debug:dbg: 127.0.0.1:25000/demo/plain:v1 has no streaming artifact" in out.stderr
 
 
 def test_webhook_outage_never_blocks_the_cluster(webhook, kubectl, tmp_path):
@@ -429,3 +429,40 @@ def test_webhook_outage_never_blocks_the_cluster(webhook, kubectl, tmp_path):
         assert kubectl("get", "pod", pod_name, "-n", webhook.ns("enforce")).returncode == 0
     finally:
         kubectl("delete", "-f", "-", stdin=rendered, check=False)
+
+
+def _warnings(stderr: str) -> list[str]:
+    return [ln.removeprefix("Warning: ") for ln in stderr.splitlines() if ln.startswith("Warning:")]
+
+
+def test_a_hundred_container_pod_gets_grouped_warnings_pool_warning_first(webhook, kubectl):
+    pod_name = name("many")
+    containers = [{"name": f"c{i:03d}", "image": PLAIN} for i in range(100)]
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": pod_name, "namespace": webhook.ns("warn")},
+        "spec": {"containers": containers},
+    }
+    out = apply(kubectl, json.dumps(body))
+    assert out.returncode == 0, out.stderr
+    warnings = _warnings(out.stderr)
+    assert warnings[0].startswith("may land on pools that can't stream: arm (arm64)")
+    assert warnings[1] == (
+        "100 containers (c000, c001, c002, +97 more): " + NO_ARTIFACT.removeprefix("app: ")
+    )
+    assert len(warnings) == 2
+
+
+def test_a_long_image_name_keeps_its_whole_fix_on_kubectl_apply(webhook, kubectl):
+    repo = "demo/" + "/".join(["a-rather-long-team-name"] * 4) + "/service"
+    image = f"{REGISTRY}/{repo}:release-2026.12.05-build.1234567"
+    pod_name = name("long")
+    out = apply(kubectl, pod(pod_name, webhook.ns("warn"), image))
+    assert out.returncode == 0, out.stderr
+    (warning,) = [w for w in _warnings(out.stderr) if w.startswith("app: ")]
+    assert len(warning) <= 256, warning
+    assert warning.startswith(f"app: {REGISTRY}/")
+    # the registry answers "not found" for an image it does not hold; either way what follows
+    # the image is whole (nothing cut by streamgate or by the apiserver)
+    assert warning.endswith(("--image " + repo + ":release-2026.12.05-build.1234567", "allowed"))

@@ -220,7 +220,7 @@ def test_a_warning_becomes_an_event_on_the_pod(events_webhook, kubectl):
     assert event["type"] == "Warning"
     assert event["involvedObject"]["kind"] == "Pod"
     assert event["involvedObject"]["uid"] == uid
-    assert event["message"].startswith("app: demo/plain:v1 has no streaming artifact")
+    assert "app: 127.0.0.1:25000/demo/plain:v1 has no streaming artifact" in event["message"]
     assert event["reportingComponent"] == "streamgate"
     described = kubectl("describe", "pod", name, "-n", ns).stdout
     assert "StreamingWarning" in described and "has no streaming artifact" in described

@@ -204,7 +204,7 @@ def test_scan_table_and_markdown(cluster, workloads):
     ]
     assert f"Totals: 11 workloads in 2 namespaces (namespaces {apps}, {batch})" in table
     assert "  will stream (streamable, by tag, on streaming pools)  4" in table
-    assert "    warn: app: demo/plain:v1 has no streaming artifact" in table
+    assert "    warn: app: 127.0.0.1:25000/demo/plain:v1 has no streaming artifact" in table
     markdown = streamgate(
         "scan", "--kubeconfig", str(cluster), "--policy", str(POLICY), "-n", apps, "-o", "markdown"
     ).stdout
@@ -254,7 +254,7 @@ def test_explain_plain_has_no_streaming_artifact(cluster, workloads):
     assert "referrers   no streaming artifact" in text
     assert "conversion  never requested" in text
     assert "verdict     not-streamable: no streaming artifact" in text
-    assert "to ask ACR for one: az acr artifact-streaming create --image demo/plain:v1" in text
+    assert "to ask ACR for one: az acr artifact-streaming create -n demoacr --image demo/plain:v1" in text
     # with the cluster: the namespace's mode and the node pools
     _, batch = workloads
     text = explain(PLAIN, "--kubeconfig", str(cluster), "-n", batch)

@@ -31,12 +31,12 @@ import jsonpatch
 import yaml
 
 from app.certs.tls import issue_self_signed
+from app.core.messages import MAX_WARNING
 from app.telemetry.logs import FLUSH_SECONDS
 
 ROOT = Path(__file__).resolve().parents[2]
 LONG = os.environ.get("STREAMGATE_RELIABILITY", "short") == "long"
 RESULTS = os.environ.get("STREAMGATE_RELIABILITY_RESULTS", "")
-MAX_WARNING = 120
 
 
 def scale(short: int, long: int) -> int:
@@ -155,7 +155,7 @@ class Answer:
 
 def check_answer(sent: bytes, endpoint: str, response: httpx.Response, seconds: float) -> Answer:
     """Every answer streamgate gives must pass this: a 200 with a well-formed AdmissionReview
-    for the request (same apiVersion and uid; warnings on /validate only, each at most 120
+    for the request (same apiVersion and uid; warnings on /validate only, each at most MAX_WARNING (256)
     characters; on /mutate a JSONPatch that applies to the object), or 400/413 with a
     reason. Nothing else, and never the onError "internal error" answer (a bug)."""
     status = response.status_code

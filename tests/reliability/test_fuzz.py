@@ -3,7 +3,7 @@
 `streamgate serve` runs as its own process (the CLI, with the live node inventory of the local
 control plane and the olareg registry standing in for ACR); hypothesis posts to /validate and
 /mutate. Every answer must pass `check_answer`: HTTP 200 with a well-formed review echoing the
-uid (warnings at most 120 characters, a patch that applies), or 400/413 with a reason; never
+uid (warnings at most 256 characters, a patch that applies), or 400/413 with a reason; never
 a 500, never an onError "internal error" answer, never longer than the registry deadline plus
 a margin. The process's memory must stay bounded.
 
