@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from app.core.images import is_acr_host
+from app.core.images import canonical_registry, is_acr_host
 from app.core.nodes.rules import PoolRulesConfig
 from app.core.registries import RegistryConfig
 
@@ -78,7 +78,8 @@ class Policy(_Strict):
     mode: Mode = Mode.WARN
     on_error: OnError = Field(OnError.ALLOW, alias="onError")
     # Registries treated as ACR besides *.azurecr.io/.cn/.us: host names or fnmatch patterns
-    # (custom domains, test registries). A port is part of the host.
+    # (custom domains, test registries). A port is part of the host. Only hosts listed by
+    # their exact name get the cluster's Azure AD token (`may_get_aad`).
     acr_registries: tuple[str, ...] = Field((), alias="acrRegistries")
     rules: Rules = Rules()
     exemptions: Exemptions = Exemptions()
@@ -98,13 +99,25 @@ class Policy(_Strict):
         for host in value:
             if not host or "/" in host or " " in host:
                 raise ValueError(f"{host!r} is not a registry host (like myreg.example.com:5000)")
-        return tuple(h.lower() for h in value)
+        return tuple(canonical_registry(h) for h in value)
 
     def is_acr(self, registry: str) -> bool:
         if is_acr_host(registry):
             return True
-        host = registry.lower()
+        host = canonical_registry(registry)
         return any(fnmatch.fnmatchcase(host, pattern) for pattern in self.acr_registries)
+
+    def may_get_aad(self, registry: str) -> bool:
+        """True when `auth: auto` may send the cluster's Azure AD token to `registry`: one of
+        ACR's own domains, or listed in acrRegistries by its exact name (not a pattern: a
+        tenant who can create a DNS name under a pattern would receive the token)."""
+        if is_acr_host(registry):
+            return True
+        host = canonical_registry(registry)
+        return any(host == p for p in self.acr_registries if not _GLOB.search(p))
+
+
+_GLOB = re.compile(r"[*?\[]")
 
 
 class PolicyError(ValueError):

@@ -478,7 +478,8 @@ def test_command_prints_the_report(monkeypatch, capsys) -> None:
     monkeypatch.setattr("app.cli.main.kube_api", lambda kubeconfig: object())
     monkeypatch.setattr("app.cli.main.KubeReader", lambda api: reader)
     monkeypatch.setattr(
-        "app.cli.main.RegistryVerdictSource", lambda config, acr_hosts: _Closing(answers())
+        "app.cli.main.RegistryVerdictSource",
+        lambda config, acr_hosts, aad_hosts: _Closing(answers()),
     )
     assert main(["scan", "-n", "shop,batch", "-o", "json", "-q"]) == EXIT_OK
     doc = json.loads(capsys.readouterr().out)
