@@ -13,6 +13,8 @@
 #                             streamgate); test runs use their own
 #   STREAMGATE_ONLY_LABEL     key=value: only namespaces with this label are sent to the
 #                             webhook (test runs sharing one cluster keep to their own)
+#   STREAMGATE_HELM_SET       more chart values, space-separated key=value (helm --set), e.g.
+#                             policy.namespaceLabel.allowRelax=true to match the policy file
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,6 +26,7 @@ POLICY="${STREAMGATE_POLICY:-$ROOT/examples/policy.yaml}"
 FAILURE_POLICY="${STREAMGATE_FAILURE_POLICY:-Ignore}"
 RELEASE="${STREAMGATE_RELEASE:-streamgate}"
 ONLY_LABEL="${STREAMGATE_ONLY_LABEL:-}"
+HELM_SET="${STREAMGATE_HELM_SET:-}"
 NAMESPACE=streamgate-system
 BIN="$ROOT/.venv/bin"
 PIDFILE="$DIR/streamgate.pid"
@@ -38,7 +41,8 @@ helm_bin() { echo "$("$ROOT/hack/k8s-binaries.sh" --print-dir)/helm"; }
 running() { [[ -f "$PIDFILE" ]] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
 
 render() {
-  local ca_b64 only=()
+  local ca_b64 only=() extra=() pair
+  for pair in $HELM_SET; do extra+=(--set "$pair"); done
   ca_b64=$(base64 -w0 < "$DIR/certs/ca.crt")
   if [[ -n "$ONLY_LABEL" ]]; then
     only=(--set "webhook.namespaceSelectorExpressions[0].key=${ONLY_LABEL%%=*}"
@@ -49,7 +53,7 @@ render() {
     --set deployment.enabled=false \
     --set "webhook.url=https://127.0.0.1:$PORT" \
     --set "webhook.caBundle=$ca_b64" \
-    --set "webhook.failurePolicy=$FAILURE_POLICY" "${only[@]}"
+    --set "webhook.failurePolicy=$FAILURE_POLICY" "${only[@]}" "${extra[@]}"
 }
 
 cmd_up() {

@@ -190,7 +190,9 @@ def _registry(ref: ImageRef, policy: Policy, pool: ClientPool | None) -> tuple[s
 
 def _auth(transport: RegistryTransport, policy: Policy, ref: ImageRef, trace: Trace) -> Step:
     settings = policy.registry.settings_for(ref.registry)
-    mode = settings.auth_mode(ref.registry, acr_hosts=policy.is_acr)
+    mode = policy.registry.auth_mode(
+        ref.registry, acr_hosts=policy.is_acr, aad_hosts=policy.may_get_aad
+    )
     creds = transport.auth.credentials
     if isinstance(creds, BasicAuth):
         what = f"basic: user {clean(creds.username, 60)}, password from its configured source"
@@ -203,11 +205,18 @@ def _auth(transport: RegistryTransport, policy: Policy, ref: ImageRef, trace: Tr
     lookup = [r for r in trace.requests if r.phase == "look-up"]
     challenges = sum(r.status == "401" for r in lookup)
     token_calls = [r for r in lookup if not _registry_path(r.url)]
+    withheld = []
+    if settings.auth == "auto" and mode == "anonymous" and policy.is_acr(ref.registry):
+        withheld.append(
+            f"no Azure AD token for {ref.registry}: it is ACR only through a pattern; list it by "
+            "its exact name in acrRegistries to use acr-aad (docs/security.md)"
+        )
     if not challenges and not trace.tokens:
         step = Step("auth", "none used: the registry asked for no credentials")
         step.details.append(f"would use {what} (auth: {settings.auth} -> {mode})")
+        step.details += withheld
         return step
-    step = Step("auth", f"{what} (auth: {settings.auth} -> {mode})")
+    step = Step("auth", f"{what} (auth: {settings.auth} -> {mode})", withheld)
     if challenges:
         step.details.append(f"the registry answered 401 {challenges}x, asking for credentials")
     for call in token_calls:
@@ -465,7 +474,13 @@ async def _look_up(
     config: RegistryConfig = policy.registry
     trace = Trace()
     pool = ClientPool(
-        config, aad=aad, env=env, transport=transport, observer=trace, acr_hosts=policy.is_acr
+        config,
+        aad=aad,
+        env=env,
+        transport=transport,
+        observer=trace,
+        acr_hosts=policy.is_acr,
+        aad_hosts=policy.may_get_aad,
     )
     lookup = Lookup(pool=pool, config=config, observer=trace)
     try:

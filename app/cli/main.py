@@ -50,7 +50,9 @@ def _verdict_source(policy: Policy, *, offline: bool = False) -> VerdictSource:
     inside the running event loop: its HTTP clients belong to that loop."""
     if offline:
         return OfflineVerdicts()
-    return RegistryVerdictSource(policy.registry, acr_hosts=policy.is_acr)
+    return RegistryVerdictSource(
+        policy.registry, acr_hosts=policy.is_acr, aad_hosts=policy.may_get_aad
+    )
 
 
 async def _close(source: VerdictSource) -> None:
@@ -140,7 +142,9 @@ def _scan(args: argparse.Namespace) -> int:
 
     async def run() -> Report:
         source = RegistryVerdictSource(
-            scan_registry_config(policy.registry), acr_hosts=policy.is_acr
+            scan_registry_config(policy.registry),
+            acr_hosts=policy.is_acr,
+            aad_hosts=policy.may_get_aad,
         )
         verdicts = ScanVerdicts(
             source,

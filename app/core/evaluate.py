@@ -14,7 +14,7 @@ from enum import StrEnum
 from app.core import messages
 from app.core.images import ImageRef
 from app.core.plan import Plan, PlannedImage
-from app.core.policy import EXEMPT_ANNOTATION, Action, Mode, OnError, Policy
+from app.core.policy import EXEMPT_ANNOTATION, Action, Mode, OnError, Policy, exempt_value
 from app.core.pools import Placement, Streaming
 from app.core.verdicts import NOT_ACR, ImageVerdict, Verdict
 from app.core.workloads import JUDGED_OWNERS, Container, Workload
@@ -73,15 +73,36 @@ def skip(mode: Mode, reason: str) -> Decision:
     return Decision(allowed=True, mode=mode, skipped=reason)
 
 
-def exemption(workload: Workload, namespace: str, policy: Policy) -> str | None:
-    """Why the whole workload is exempt, or None."""
+def _exempt_annotation(workload: Workload) -> str | None:
+    """The exemption the object or its pod template asks for (see `exempt_value`), or None."""
+    for found in (workload.annotations, workload.template_annotations()):
+        value = exempt_value(found.get(EXEMPT_ANNOTATION))
+        if value is not None:
+            return value
+    return None
+
+
+def exemption(workload: Workload, namespace: str, policy: Policy, mode: Mode) -> str | None:
+    """Why the whole workload is exempt, or None. The annotation counts only where the policy
+    honours it (`exemptions.annotation`) under the namespace's effective `mode`."""
     if namespace in policy.exemptions.namespaces:
         return f"namespace {namespace} is exempt"
-    for found in (workload.annotations, workload.template_annotations()):
-        reason = found.get(EXEMPT_ANNOTATION)
-        if reason is not None:
-            return f"exempt by annotation: {reason}"
-    return None
+    value = _exempt_annotation(workload)
+    if value is None or not policy.exemptions.annotation.honoured(namespace, mode):
+        return None
+    return (
+        f"exempt by annotation: {' '.join(value.split())[:100]}"
+        if value
+        else "exempt by annotation"
+    )
+
+
+def ignored_exemption(workload: Workload, namespace: str, policy: Policy, mode: Mode) -> str | None:
+    """The warning for an exempt annotation the policy does not honour here, or None."""
+    setting = policy.exemptions.annotation
+    if _exempt_annotation(workload) is None or setting.honoured(namespace, mode):
+        return None
+    return messages.exemption_ignored(allowed=setting.allowed)
 
 
 class _Judge:
@@ -262,14 +283,21 @@ def evaluate(
     policy: Policy,
     verdicts: Mapping[ImageRef, ImageVerdict],
     placement: Placement,
+    by_controller: bool = False,
+    notes: tuple[str, ...] = (),
 ) -> Decision:
     """Judge one planned workload. `verdicts` holds an answer for each of `plan.to_check`; a
-    missing one counts as unknown."""
+    missing one counts as unknown. `by_controller`: the request comes from one of the
+    policy's `controllerUsers` (only then does a Pod's controller ownerReference soften a
+    denial: anyone can write one). `notes`: warnings about the policy itself (an exempt
+    annotation or a mode label it did not honour), shown first."""
     if mode is Mode.OFF:
         return skip(mode, "mode off")
     workload = plan.workload
     controlled = workload.kind == "Pod" and workload.controller_kind in JUDGED_OWNERS
-    judge = _Judge(mode, soften=controlled and not policy.deny_controlled_pods)
+    judge = _Judge(mode, soften=controlled and by_controller and not policy.deny_controlled_pods)
+    for note in notes:
+        judge.add("policyNote", Action.WARN, note)
     reports: list[ContainerReport] = []
     uses_acr = False
     for planned in plan.images:

@@ -108,14 +108,34 @@ def parse_image(raw: str) -> ImageRef:
     if tag is None and not digest:
         tag = "latest"
     return ImageRef(
-        raw=raw, registry=domain.lower(), repository=path, tag=tag, digest=digest or None
+        raw=raw,
+        registry=canonical_registry(domain),
+        repository=path,
+        tag=tag,
+        digest=digest or None,
     )
 
 
+def canonical_registry(registry: str) -> str:
+    """`registry` lower-case and without HTTPS's default port: `host:443` and `host` are the
+    same registry to the kubelet and to every HTTP client, so they must be one registry here
+    too (settings, ACR patterns, where credentials may go). Any other port stays."""
+    registry = registry.lower()
+    return registry[:-4] if registry.endswith(":443") else registry
+
+
+def host_of(registry: str) -> str:
+    """`registry` without its port, lower-case (`[v6]` addresses keep their brackets)."""
+    registry = registry.lower()
+    if registry.startswith("["):
+        return registry.partition("]")[0] + "]"
+    return registry.rsplit(":", 1)[0] if registry.count(":") == 1 else registry
+
+
 def is_acr_host(registry: str) -> bool:
-    """True for `<name>.azurecr.io|cn|us`, with or without a port."""
-    host = registry.lower().rsplit(":", 1)[0] if registry.count(":") == 1 else registry.lower()
-    return host.endswith(ACR_SUFFIXES)
+    """True for `<name>.azurecr.io|cn|us`, with or without a port: ACR's own domains, whose
+    every name is a registry Azure runs (docs/aks-facts.md §2)."""
+    return host_of(registry).endswith(ACR_SUFFIXES)
 
 
 def acr_registry_name(registry: str) -> str | None:
@@ -123,4 +143,4 @@ def acr_registry_name(registry: str) -> str | None:
     hosts; None for other hosts (a custom domain's name is not in its host name)."""
     if not is_acr_host(registry):
         return None
-    return registry.lower().split(".", 1)[0] or None
+    return host_of(registry).split(".", 1)[0] or None

@@ -226,6 +226,24 @@ def fit_warnings(texts: Sequence[str], limit: int = MAX_TOTAL) -> list[str]:
     return out
 
 
+def exemption_ignored(*, allowed: bool) -> str:
+    if not allowed:
+        return fit(
+            "streamgate.io/exempt ignored: this cluster's policy allows no exemption by annotation"
+        )
+    return fit(
+        "streamgate.io/exempt ignored in enforce mode here; "
+        "an admin can allow it (policy exemptions.annotation)"
+    )
+
+
+def mode_label_ignored(label: str, admin: str) -> str:
+    return fit(
+        f"namespace label streamgate.io/mode={label} ignored: labels may only be stricter "
+        f"than {admin} (policy namespaceLabel)"
+    )
+
+
 def denial(kind: str, name: str, problems: Sequence[str]) -> str:
     listed = "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
     return f"streamgate: {kind} {name or '(unnamed)'} can't use artifact streaming: {listed}"

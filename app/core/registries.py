@@ -5,6 +5,12 @@
 never inline: basic credentials name an environment variable or a file (a mounted Secret).
 `registries` is keyed by `host[:port]` or by a `*.domain` pattern; the most specific key wins
 and a registry with no key gets the defaults (HTTPS, anonymous, or AAD for ACR hosts).
+
+Credentials go only where nobody but the admin and Azure can put a registry (docs/security.md):
+a `*.domain` key may not carry a password (`auth: basic`) nor `auth: acr-aad` unless the domain
+is one of ACR's own, and `auth: auto` means the cluster's Azure AD token only for ACR's own
+domains or a registry listed by its exact name; any other host, even one treated as ACR through
+a pattern, is asked anonymously.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from app.core.images import is_acr_host
+from app.core.images import canonical_registry, host_of, is_acr_host
 from app.core.platform import Platform
 
 _KEY = re.compile(
@@ -55,6 +61,18 @@ class RegistrySettings(_Model):
     realm_hosts: tuple[str, ...] = Field((), description="other hosts that may get credentials")
     http2: bool = True
 
+    @field_validator("realm_hosts")
+    @classmethod
+    def _check_realm_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for host in value:
+            if not _KEY.match(host.lower()) or host.startswith("*."):
+                raise ValueError(f"realm host {host!r} must be a host[:port], no pattern")
+        return tuple(canonical_registry(h) for h in value)
+
+    @property
+    def has_user(self) -> bool:
+        return bool(self.username or self.username_env or self.username_file)
+
     @model_validator(mode="after")
     def _check_credentials(self) -> RegistrySettings:
         users = [x for x in (self.username, self.username_env, self.username_file) if x]
@@ -70,16 +88,6 @@ class RegistrySettings(_Model):
         if self.auth in ("anonymous", "acr-aad") and users:
             raise ValueError(f"auth: {self.auth} takes no user name or password")
         return self
-
-    def auth_mode(
-        self, registry: str, *, acr_hosts: Callable[[str], bool] = is_acr_host
-    ) -> AuthMode:
-        """The mode `auto` stands for at `registry`."""
-        if self.auth != "auto":
-            return self.auth
-        if self.username or self.username_env or self.username_file:
-            return "basic"
-        return "acr-aad" if self.is_acr(registry, acr_hosts=acr_hosts) else "anonymous"
 
     def is_acr(self, registry: str, *, acr_hosts: Callable[[str], bool] = is_acr_host) -> bool:
         """`acr` when set, else what `acr_hosts` says (by default: an ACR host name)."""
@@ -131,12 +139,19 @@ class RegistryConfig(_Model):
     @field_validator("registries")
     @classmethod
     def _check_keys(cls, value: dict[str, RegistrySettings]) -> dict[str, RegistrySettings]:
-        for key in value:
+        out: dict[str, RegistrySettings] = {}
+        for key, settings in value.items():
             if not _KEY.match(key):
                 raise ValueError(
                     f"registry key {key!r} must be a lower-case host[:port] or *.domain"
                 )
-        return value
+            if key.startswith("*."):
+                _check_pattern_credentials(key, settings)
+            name = canonical_registry(key)
+            if name in out:
+                raise ValueError(f"registry keys {key!r} and {name!r} name the same registry")
+            out[name] = settings
+        return out
 
     @model_validator(mode="after")
     def _check_times(self) -> RegistryConfig:
@@ -149,17 +164,61 @@ class RegistryConfig(_Model):
         return Platform.parse(self.platform)
 
     def settings_key(self, registry: str) -> str | None:
-        """The key of `registries` that applies to `registry`, or None."""
-        registry = registry.lower()
+        """The key of `registries` that applies to `registry`, or None. An exact key matches
+        its port exactly (`host` is `host:443`); a `*.domain` key any port."""
+        registry = canonical_registry(registry)
         if registry in self.registries:
             return registry
-        host = registry.rsplit(":", 1)[0] if registry.count(":") == 1 else registry
+        host = host_of(registry)
         wildcards = [k for k in self.registries if k.startswith("*.") and host.endswith(k[1:])]
         return max(wildcards, key=len) if wildcards else None
 
     def settings_for(self, registry: str) -> RegistrySettings:
         key = self.settings_key(registry)
         return self.registries[key] if key is not None else _DEFAULT_SETTINGS
+
+    def auth_mode(
+        self,
+        registry: str,
+        *,
+        acr_hosts: Callable[[str], bool] = is_acr_host,
+        aad_hosts: Callable[[str], bool] = is_acr_host,
+    ) -> AuthMode:
+        """The mode `registry` is asked with: its key's `auth`, where `auto` stands for `basic`
+        when the key has a user name; for `acr-aad` when the registry is ACR (`acr`, else
+        `acr_hosts`) and may get the Azure AD token: one of ACR's own domains, an exact key
+        here, or a host `aad_hosts` lists by its exact name (`Policy.may_get_aad`); else for
+        `anonymous`."""
+        key = self.settings_key(registry)
+        settings = self.registries[key] if key is not None else _DEFAULT_SETTINGS
+        if settings.auth != "auto":
+            return settings.auth
+        if settings.has_user:
+            return "basic"
+        if not settings.is_acr(registry, acr_hosts=acr_hosts):
+            return "anonymous"
+        exact_key = key is not None and not key.startswith("*.")
+        if exact_key or is_acr_host(registry) or aad_hosts(registry):
+            return "acr-aad"
+        return "anonymous"
+
+
+def _check_pattern_credentials(key: str, settings: RegistrySettings) -> None:
+    """A `*.domain` key matches hosts nobody listed, some of which a tenant may be able to
+    create (a DNS name and a certificate under the domain): no credentials for them."""
+    if settings.has_user or settings.auth == "basic":
+        raise ValueError(
+            f"registry key {key!r}: a pattern can't carry a user name and password (they would "
+            "go to every host under it, including ones a tenant can create); give each "
+            "registry its own key, host[:port]"
+        )
+    if settings.auth == "acr-aad" and not is_acr_host("x" + key[1:]):
+        raise ValueError(
+            f"registry key {key!r}: auth: acr-aad on a pattern would send the cluster's Azure "
+            "AD token to every host under it, including ones a tenant can create; give each "
+            "registry its own key, host[:port] (patterns may use acr-aad only under "
+            "ACR's own domains, like *.azurecr.io)"
+        )
 
 
 _DEFAULT_SETTINGS = RegistrySettings()

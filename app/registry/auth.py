@@ -14,9 +14,12 @@ tokens per (realm, service), access tokens per (realm, service, repository scope
 requests share one fetch. A 401 to a request that carried a token drops that access token and
 the refresh token behind it.
 
-Credentials only go to the registry itself or to realm hosts listed for it; the AAD token only
-to the registry host itself (any ACR would accept it). A realm on plain HTTP is refused unless
-the registry is configured insecure. Tokens never appear in logs or errors.
+Token requests only go to the registry itself or to realm hosts listed for it, with or without
+credentials (an anonymous registry naming any other realm would make streamgate send requests
+wherever it says); the AAD token only to the registry host itself (any ACR would accept it).
+Hosts are compared without their scheme's default port (`host:443` is `host`). A realm on plain
+HTTP is refused unless the registry is configured insecure. Tokens never appear in logs or
+errors.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from app.registry.credentials import AcrAad, Anonymous, BasicAuth, Credentials
+from app.core.images import canonical_registry
+from app.registry.credentials import AcrAad, BasicAuth, Credentials
 from app.registry.errors import (
     BadResponse,
     RateLimited,
@@ -89,7 +93,8 @@ class Authenticator:
         self.credentials = credentials
         self._http = http
         self._insecure = insecure
-        self._realm_hosts = frozenset(h.lower() for h in (registry, *realm_hosts))
+        self._home = canonical_registry(registry)
+        self._realm_hosts = frozenset(canonical_registry(h) for h in (registry, *realm_hosts))
         self._clock = clock
         self._observer = observer
         self._bearer: BearerRealm | None = None
@@ -153,14 +158,21 @@ class Authenticator:
         if url.scheme == "http" and not self._insecure:
             raise RegistryAuthError(self.registry, "token realm is plain HTTP")
         host = _netloc(url)
-        if not isinstance(self.credentials, Anonymous) and host not in self._realm_hosts:
+        if host not in self._realm_hosts:
             raise RegistryAuthError(
                 self.registry,
                 f"token realm host {host[:80]} is not the registry or a listed realm host",
-                reason="registry token service is on another host",
+                reason=(
+                    f"registry token service is on another host ({host[:80]}); "
+                    "list it in the registry's realmHosts if it is trusted"
+                ),
             )
-        if isinstance(self.credentials, AcrAad) and host != self.registry.lower():
-            raise RegistryAuthError(self.registry, "ACR token realm is not the registry host")
+        if isinstance(self.credentials, AcrAad) and host != self._home:
+            raise RegistryAuthError(
+                self.registry,
+                "ACR token realm is not the registry host",
+                reason=f"ACR token service is on another host ({host[:80]}); no token sent",
+            )
         return BearerRealm(
             realm=str(url),
             service=challenge.service or self.registry,

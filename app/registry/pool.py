@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from app.core.images import is_acr_host
+from app.core.images import canonical_registry, is_acr_host
 from app.core.registries import RegistryConfig, RegistrySettings
 from app.registry.auth import Authenticator
 from app.registry.circuit import CircuitBreaker
@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 USER_AGENT = "streamgate-registry-client"
 _HOST_ALIASES = {"docker.io": "registry-1.docker.io"}
+# Token services on another host than their registry, known without configuration.
+_REALM_HOSTS = {"docker.io": ("auth.docker.io",)}
 
 
 class ConfigError(ValueError):
@@ -101,10 +103,12 @@ class ClientPool:
         clock: Callable[[], float] = time.monotonic,
         observer: RegistryObserver = NULL_OBSERVER,
         acr_hosts: Callable[[str], bool] = is_acr_host,
+        aad_hosts: Callable[[str], bool] = is_acr_host,
     ) -> None:
         environment = os.environ if env is None else env  # read once, never per request
         self._config = config
         self._acr_hosts = acr_hosts
+        self._aad_hosts = aad_hosts
         self._transport = transport
         self._clock = clock
         self._observer = observer
@@ -128,7 +132,7 @@ class ClientPool:
         return self._profile_for(registry).settings.is_acr(registry, acr_hosts=self._acr_hosts)
 
     def transport(self, registry: str) -> RegistryTransport:
-        registry = registry.lower()
+        registry = canonical_registry(registry)
         client = self._clients.get(registry)
         if client is None:
             client = self._make(registry)
@@ -142,7 +146,9 @@ class ClientPool:
         return client
 
     def _credentials(self, registry: str, profile: _Profile) -> Credentials:
-        mode = profile.settings.auth_mode(registry, acr_hosts=self._acr_hosts)
+        mode = self._config.auth_mode(
+            registry, acr_hosts=self._acr_hosts, aad_hosts=self._aad_hosts
+        )
         if mode == "basic" and profile.basic is not None:
             return profile.basic
         if mode == "acr-aad":
@@ -183,7 +189,7 @@ class ClientPool:
             credentials=credentials,
             http=http,
             insecure=settings.insecure,
-            realm_hosts=settings.realm_hosts,
+            realm_hosts=(*settings.realm_hosts, *_REALM_HOSTS.get(registry, ())),
             clock=self._clock,
             observer=self._observer,
         )

@@ -48,6 +48,8 @@ class RegistryVerdictSource:
     (tests pass `httpx.MockTransport`). `observer`: metrics hook. `clock`: monotonic seconds.
     `acr_hosts`: which registries are ACR (AAD auth by default, conversion status asked) when
     their settings don't say; default `*.azurecr.io|cn|us`, the server passes the policy's.
+    `aad_hosts`: which of them `auth: auto` may send the Azure AD token to besides ACR's own
+    domains and exact registry keys (the server passes `Policy.may_get_aad`: exact names only).
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class RegistryVerdictSource:
         observer: RegistryObserver = NULL_OBSERVER,
         clock: Callable[[], float] = time.monotonic,
         acr_hosts: Callable[[str], bool] = is_acr_host,
+        aad_hosts: Callable[[str], bool] = is_acr_host,
     ) -> None:
         self.config = config or RegistryConfig()
         self._observer = observer
@@ -71,6 +74,7 @@ class RegistryVerdictSource:
             clock=clock,
             observer=observer,
             acr_hosts=acr_hosts,
+            aad_hosts=aad_hosts,
         )
         self._lookup = Lookup(pool=self._pool, config=self.config, clock=clock, observer=observer)
         self._flights: SingleFlight[_Key, LookupResult] = SingleFlight()

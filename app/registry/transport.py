@@ -6,8 +6,11 @@ caller to read (200, 404, ...), or raises a `RegistryError`:
 - authorization from `Authenticator`: up front when known, else after a 401 challenge; a
   second 401 is `RegistryAuthError` (the tokens are dropped first); 403 likewise;
 - 429 → `RateLimited` (`Retry-After` honoured by the circuit); 5xx → `RegistryUnavailable`;
-- redirects are followed on the same origin only, at most three; a redirect to another host
-  is followed only for a request that carries no credentials, never to plain HTTP from HTTPS;
+- redirects are followed on the same origin only, at most three, never to plain HTTP from
+  HTTPS; a redirect to another host is refused, with or without credentials: what streamgate
+  reads (manifests, referrers, tags) registries serve themselves, and following a registry
+  anywhere it points would let whoever runs one make streamgate send requests inside the
+  cluster's network;
 - the circuit is asked first and told the outcome (see `circuit.py`).
 """
 
@@ -191,9 +194,9 @@ class RegistryTransport:
             if url.scheme == "https" and target.scheme == "http":
                 raise BadResponse(self.registry, "a redirect to plain HTTP")
             if not self._same_origin(target):
-                if authorization is not None:
-                    raise BadResponse(self.registry, "a redirect to another host")
-                headers.pop("Authorization", None)
+                raise BadResponse(
+                    self.registry, "a redirect to another host", f"to {target.host[:80]}"
+                )
             logger.debug("%s %s redirected to %s", self.registry, endpoint, target.host)
             url, params = target, None
             if response.status == 303:

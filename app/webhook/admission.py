@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from app.core import messages
-from app.core.evaluate import Decision, evaluate, exemption, skip
+from app.core.evaluate import Decision, evaluate, exemption, ignored_exemption, skip
 from app.core.images import ImageRef
 from app.core.plan import plan
 from app.core.policy import Mode, OnError, Policy
@@ -88,9 +88,25 @@ class Admission:
     _background: set[asyncio.Task[ImageVerdict]] = field(default_factory=set, repr=False)
 
     def mode_for(self, namespace: str, policy: Policy) -> Mode:
-        return (
-            self.namespaces.mode(namespace) or policy.namespace_modes.get(namespace) or policy.mode
-        )
+        """The admin's mode for `namespace` (`namespaceModes`, else `mode`), replaced by the
+        namespace's `streamgate.io/mode` label when that is stricter, or when the policy lets
+        the label relax it too (`namespaceLabel.allowRelax`)."""
+        admin = policy.admin_mode(namespace)
+        label = self.namespaces.mode(namespace)
+        return label if label is not None and policy.label_applies(label, admin) else admin
+
+    def _notes(
+        self, req: AdmissionRequest, wl: Workload, policy: Policy, mode: Mode
+    ) -> tuple[str, ...]:
+        notes = []
+        label = self.namespaces.mode(req.namespace)
+        admin = policy.admin_mode(req.namespace)
+        if label is not None and not policy.label_applies(label, admin):
+            notes.append(messages.mode_label_ignored(label.value, admin.value))
+        ignored = ignored_exemption(wl, req.namespace, policy, mode)
+        if ignored is not None:
+            notes.append(ignored)
+        return tuple(notes)
 
     async def lookup(
         self, refs: Iterable[ImageRef], known: Mapping[ImageRef, ImageVerdict] | None = None
@@ -137,12 +153,14 @@ class Admission:
         wl = workload(req.group, req.kind, req.obj)
         if wl is None:
             return skip(mode, f"kind {req.kind} is not judged"), None
-        reason = exemption(wl, req.namespace, policy)
+        reason = exemption(wl, req.namespace, policy, mode)
         if reason:
             return skip(mode, reason), wl
         if req.operation == "UPDATE" and req.old_obj is not None and _unchanged(req, wl):
             return skip(mode, "images and scheduling unchanged"), wl
-        key = signature(wl, mode)
+        by_controller = req.user in policy.controller_users
+        notes = self._notes(req, wl, policy, mode)
+        key = signature(wl, mode, (by_controller, notes))
         placement = self.placement.place(wl.pod_spec)
         memoised, known = self._from_memo(key, policy, placement)
         if memoised is not None:
@@ -151,7 +169,13 @@ class Admission:
         refs = planned.to_check
         verdicts = await self.lookup(refs, known)
         decision = evaluate(
-            planned, mode=mode, policy=policy, verdicts=verdicts, placement=placement
+            planned,
+            mode=mode,
+            policy=policy,
+            verdicts=verdicts,
+            placement=placement,
+            by_controller=by_controller,
+            notes=notes,
         )
         if key is not None:
             judged = Judged(refs, tuple([verdicts[r] for r in refs]), placement, decision)

@@ -37,15 +37,16 @@ class Judged:
     decision: Decision
 
 
-def signature(workload: Workload, mode: Mode) -> Key | None:
+def signature(workload: Workload, mode: Mode, context: Hashable = None) -> Key | None:
     """What `evaluate` reads from the workload (besides placement), as a hashable key; None
-    when an image is neither a string nor missing (judged afresh every time)."""
+    when an image is neither a string nor missing (judged afresh every time). `context`: what
+    else of the request it reads (whether a controller sent it, the policy notes)."""
     for c in workload.containers:
         if c.image is not None and type(c.image) is not str:
             return None
     controller = workload.controller_kind if workload.kind == "Pod" else None
     secrets = bool(workload.pod_spec.get("imagePullSecrets"))
-    return (workload.kind, controller, mode, secrets, workload.containers)
+    return (workload.kind, controller, mode, secrets, workload.containers, context)
 
 
 class DecisionMemo:

@@ -246,7 +246,9 @@ async def run_webhook(settings: ServeSettings) -> None:
     if settings.events and not settings.kube:
         raise SystemExit("streamgate serve: --events needs --kubeconfig (a path or in-cluster)")
     watches = Watches(settings.kube, policy) if settings.kube else None
-    source = RegistryVerdictSource(policy.registry, acr_hosts=policy.is_acr, observer=metrics)
+    source = RegistryVerdictSource(
+        policy.registry, acr_hosts=policy.is_acr, aad_hosts=policy.may_get_aad, observer=metrics
+    )
     metrics.watch(
         "streamgate_cache_lookups",
         "Registry cache counters by cache and event",

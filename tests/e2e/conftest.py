@@ -7,6 +7,7 @@ that was already up (a developer's) is left running; one this session started is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -119,6 +120,48 @@ class LocalWebhook:
         return self.log.read_text()
 
 
+# The session webhook's policy: the demo's, plus the one setting its per-mode namespaces need:
+# their labels (audit, off) make the mode less strict than the policy's warn, which a policy
+# must allow (docs/policy.md, "Namespace labels"); tests/e2e/test_tenant_optouts_e2e.py runs
+# its own webhook with the default.
+RELAXING_POLICY = (ROOT / "examples" / "policy.yaml").read_text() + (
+    "namespaceLabel:\n  allowRelax: true\n"
+)
+
+
+@contextlib.contextmanager
+def local_webhook(
+    kubectl: Kubectl,
+    state: Path,
+    suffix: str,
+    *,
+    policy: str,
+    helm_set: str = "",
+    probe_namespace: str,
+) -> Iterator[LocalWebhook]:
+    """hack/webhook.sh up with `policy` (YAML text) and chart values `helm_set`, sent only
+    namespaces labelled with this run's label; down at the end."""
+    (state / "policy-source.yaml").write_text(policy)
+    metrics_port = free_port()
+    env = {
+        **os.environ,
+        "STREAMGATE_WEBHOOK_DIR": str(state),
+        "STREAMGATE_WEBHOOK_PORT": str(free_port()),
+        "STREAMGATE_METRICS_PORT": str(metrics_port),
+        "STREAMGATE_RELEASE": f"sg-test-{suffix}",
+        "STREAMGATE_ONLY_LABEL": f"{RUN_LABEL}={suffix}",
+        "STREAMGATE_POLICY": str(state / "policy-source.yaml"),
+        "STREAMGATE_HELM_SET": helm_set,
+    }
+    subprocess.run([str(WEBHOOK), "up"], check=True, env=env)
+    try:
+        hook = LocalWebhook(state / "streamgate.log", suffix, metrics_port)
+        _wait_until_admitting(kubectl, probe_namespace)
+        yield hook
+    finally:
+        subprocess.run([str(WEBHOOK), "down"], check=False, env=env)
+
+
 @pytest.fixture(scope="session")
 def webhook(
     cluster: Path, seeded_registry: str, kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory
@@ -135,25 +178,19 @@ def webhook(
             f"streamgate.io/mode={mode}",
             f"{RUN_LABEL}={suffix}",
         )
-    state = tmp_path_factory.mktemp("webhook")
-    metrics_port = free_port()
-    env = {
-        **os.environ,
-        "STREAMGATE_WEBHOOK_DIR": str(state),
-        "STREAMGATE_WEBHOOK_PORT": str(free_port()),
-        "STREAMGATE_METRICS_PORT": str(metrics_port),
-        "STREAMGATE_RELEASE": f"sg-test-{suffix}",
-        "STREAMGATE_ONLY_LABEL": f"{RUN_LABEL}={suffix}",
-    }
-    subprocess.run([str(WEBHOOK), "up"], check=True, env=env)
-    hook = LocalWebhook(state / "streamgate.log", suffix, metrics_port)
-    _wait_until_admitting(kubectl, hook.ns("warn"))
     try:
-        yield hook
+        with local_webhook(
+            kubectl,
+            tmp_path_factory.mktemp("webhook"),
+            suffix,
+            policy=RELAXING_POLICY,
+            helm_set="policy.namespaceLabel.allowRelax=true",
+            probe_namespace=f"sg-warn-{suffix}",
+        ) as hook:
+            yield hook
     finally:
-        subprocess.run([str(WEBHOOK), "down"], check=False, env=env)
         for mode in MODES:
-            kubectl("delete", "namespace", hook.ns(mode), "--wait=false", check=False)
+            kubectl("delete", "namespace", f"sg-{mode}-{suffix}", "--wait=false", check=False)
 
 
 def _wait_until_admitting(kubectl: Kubectl, namespace: str, timeout: float = 30) -> None:

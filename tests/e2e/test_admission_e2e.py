@@ -362,7 +362,9 @@ def test_ephemeral_debug_container_is_judged(webhook, kubectl):
     out = kubectl(
         "debug", pod_name, "-n", webhook.ns("warn"), f"--image={PLAIN}", "-c", "dbg", check=False
     )
-    assert "Warning: debug:dbg: 127.0.0.1:25000/demo/plain:v1 has no streaming artifact" in out.stderr
+    assert (
+        "Warning: debug:dbg: 127.0.0.1:25000/demo/plain:v1 has no streaming artifact" in out.stderr
+    )
 
 
 def test_webhook_outage_never_blocks_the_cluster(webhook, kubectl, tmp_path):

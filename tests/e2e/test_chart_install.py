@@ -486,7 +486,7 @@ def test_url_mode_routes_admissions_to_a_local_webhook(
         )
         annotations = json.loads(judged.stdout)["metadata"].get("annotations", {})
         assert any(k.startswith("streamgate.io/") for k in annotations), judged.stdout
-        # matchConditions: an exempt object is never sent
+        # an exempt object (mode warn: the annotation is honoured) gets nothing added
         exempt = kubectl(
             "create",
             "-n",

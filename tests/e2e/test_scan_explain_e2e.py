@@ -254,7 +254,10 @@ def test_explain_plain_has_no_streaming_artifact(cluster, workloads):
     assert "referrers   no streaming artifact" in text
     assert "conversion  never requested" in text
     assert "verdict     not-streamable: no streaming artifact" in text
-    assert "to ask ACR for one: az acr artifact-streaming create -n demoacr --image demo/plain:v1" in text
+    assert (
+        "to ask ACR for one: az acr artifact-streaming create -n demoacr --image demo/plain:v1"
+        in text
+    )
     # with the cluster: the namespace's mode and the node pools
     _, batch = workloads
     text = explain(PLAIN, "--kubeconfig", str(cluster), "-n", batch)

@@ -155,9 +155,9 @@ class Answer:
 
 def check_answer(sent: bytes, endpoint: str, response: httpx.Response, seconds: float) -> Answer:
     """Every answer streamgate gives must pass this: a 200 with a well-formed AdmissionReview
-    for the request (same apiVersion and uid; warnings on /validate only, each at most MAX_WARNING (256)
-    characters; on /mutate a JSONPatch that applies to the object), or 400/413 with a
-    reason. Nothing else, and never the onError "internal error" answer (a bug)."""
+    for the request (same apiVersion and uid; warnings on /validate only, each at most
+    MAX_WARNING (256) characters; on /mutate a JSONPatch that applies to the object), or
+    400/413 with a reason. Nothing else, and never the onError "internal error" answer (a bug)."""
     status = response.status_code
     try:
         body = response.json()

@@ -222,6 +222,12 @@ def test_namespace_selector_excludes_kube_system_release_namespace_and_off(defau
         names = exprs["kubernetes.io/metadata.name"]
         assert names["operator"] == "NotIn"
         assert {"kube-system", NAMESPACE} <= set(names["values"])
+        # Issue 18 finding 5: whoever can label a namespace must not take it away from the
+        # webhook unless the policy lets labels relax the mode.
+        assert "streamgate.io/mode" not in exprs
+    relaxed = render({"policy": {"namespaceLabel": {"allowRelax": True}}})
+    for _, w in webhooks(relaxed):
+        exprs = {e["key"]: e for e in w["namespaceSelector"]["matchExpressions"]}
         assert exprs["streamgate.io/mode"] == {
             "key": "streamgate.io/mode",
             "operator": "NotIn",
@@ -253,14 +259,14 @@ def test_policy_exemptions_and_off_namespaces_never_reach_the_webhook():
         assert {"key": "streamgate.io/enabled", "operator": "In", "values": ["true"]} in exprs
 
 
-def test_match_conditions_skip_exempt_and_null_objects_from_1_28(default):
+def test_match_conditions_skip_null_objects_and_unchanged_specs_from_1_28(default):
     for _, w in webhooks(default):
         conds = {c["name"]: c["expression"] for c in w["matchConditions"]}
-        assert set(conds) == {"has-object", "not-exempt", "spec-changed"}
+        # No "not-exempt" condition (issue 18 finding 5): the annotation counts only where the
+        # policy honours it, which the apiserver can't know.
+        assert set(conds) == {"has-object", "spec-changed"}
         assert conds["has-object"] == "object != null"
-        # absent annotations must not make the expression fail
-        assert "!has(object.metadata.annotations)" in conds["not-exempt"]
-        assert "'streamgate.io/exempt' in object.metadata.annotations" in conds["not-exempt"]
+        assert not any("exempt" in e for e in conds.values())
     old = render({}, "--kube-version", "1.27.0")
     assert all("matchConditions" not in w for _, w in webhooks(old))
     off = render({"webhook": {"matchConditions": False}})

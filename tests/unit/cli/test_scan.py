@@ -170,7 +170,9 @@ def answers() -> MemoryVerdicts:
 
 
 async def run_scan(reader: FakeReader, namespaces=(), source=None, **policy: Any) -> Report:
-    pol = parse_policy(policy)
+    # The cluster's "lab" namespace opts out with the label streamgate.io/mode=off, which a
+    # policy must allow (namespaceLabel.allowRelax); the default is tested on its own below.
+    pol = parse_policy({"namespaceLabel": {"allowRelax": True}, **policy})
     snapshot = read_cluster(reader, pol, namespaces=namespaces)
     verdicts = ScanVerdicts(source or answers())
     admission = build_admission(
@@ -203,6 +205,8 @@ async def test_every_workload_once_with_the_cores_verdicts() -> None:
         "Deployment lab/toy": ("off", "skipped"),
     }
     assert report.covered == {"ReplicaSet": 1, "Pod": 1, "Job": 1}
+    by_default = await run_scan(cluster(), namespaceLabel={"allowRelax": False})
+    assert rows(by_default)["Deployment lab/toy"] == ("warn", "not-streamable")
     # sorted by namespace, then controllers before pods
     assert [(r.namespace, r.kind) for r in report.rows][:3] == [
         ("batch", "CronJob"),
@@ -478,7 +482,8 @@ def test_command_prints_the_report(monkeypatch, capsys) -> None:
     monkeypatch.setattr("app.cli.main.kube_api", lambda kubeconfig: object())
     monkeypatch.setattr("app.cli.main.KubeReader", lambda api: reader)
     monkeypatch.setattr(
-        "app.cli.main.RegistryVerdictSource", lambda config, acr_hosts: _Closing(answers())
+        "app.cli.main.RegistryVerdictSource",
+        lambda config, acr_hosts, aad_hosts: _Closing(answers()),
     )
     assert main(["scan", "-n", "shop,batch", "-o", "json", "-q"]) == EXIT_OK
     doc = json.loads(capsys.readouterr().out)

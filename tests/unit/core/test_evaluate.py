@@ -8,6 +8,7 @@ from app.core.evaluate import (
     Severity,
     evaluate,
     exemption,
+    ignored_exemption,
 )
 from app.core.images import parse_image
 from app.core.messages import MAX_TOTAL, MAX_WARNING
@@ -41,11 +42,20 @@ def deployment(*images, pull_secrets=False, annotations=None, template_annotatio
     return workload("apps", "Deployment", obj)
 
 
-def run(wl, verdicts=None, *, mode=Mode.WARN, placement=UNKNOWN_PLACEMENT, **policy):
+def run(
+    wl, verdicts=None, *, mode=Mode.WARN, placement=UNKNOWN_PLACEMENT, by_controller=False, **policy
+):
     pol = parse_policy(policy)
     planned = plan(wl, pol)
     got = {ref: (verdicts or {}).get(ref.raw, STREAM) for ref in planned.to_check}
-    return evaluate(planned, mode=mode, policy=pol, verdicts=got, placement=placement)
+    return evaluate(
+        planned,
+        mode=mode,
+        policy=pol,
+        verdicts=got,
+        placement=placement,
+        by_controller=by_controller,
+    )
 
 
 def rules(decision):
@@ -181,14 +191,82 @@ def test_exempt_image_pattern():
 )
 def test_exemption_annotation(kwargs, reason):
     wl = deployment(f"{ACR}/a:1", **kwargs)
-    assert exemption(wl, "default", parse_policy({})) == reason
+    assert exemption(wl, "default", parse_policy({}), Mode.WARN) == reason
 
 
 def test_exempt_namespace():
-    assert exemption(deployment("x"), "kube-system", parse_policy({})) == (
+    assert exemption(deployment("x"), "kube-system", parse_policy({}), Mode.ENFORCE) == (
         "namespace kube-system is exempt"
     )
-    assert exemption(deployment("x"), "apps", parse_policy({})) is None
+    assert exemption(deployment("x"), "apps", parse_policy({}), Mode.WARN) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("true", "exempt by annotation"),
+        ("Yes", "exempt by annotation"),
+        ("1", "exempt by annotation"),
+        (
+            "legacy base image, ticket OPS-12",
+            "exempt by annotation: legacy base image, ticket OPS-12",
+        ),
+        ("false", None),
+        ("False", None),
+        ("no", None),
+        ("0", None),
+        ("off", None),
+        ("", None),
+        ("  ", None),
+    ],
+    ids=repr,
+)
+def test_only_a_truthy_value_or_a_reason_exempts(value, reason):
+    """Issue 14 item 6: `streamgate.io/exempt: "false"` exempted the workload."""
+    wl = deployment(f"{ACR}/a:1", annotations={"streamgate.io/exempt": value})
+    assert exemption(wl, "default", parse_policy({}), Mode.WARN) == reason
+
+
+@pytest.mark.parametrize(
+    ("policy", "namespace", "mode", "honoured"),
+    [
+        ({}, "team-a", Mode.WARN, True),
+        ({}, "team-a", Mode.AUDIT, True),
+        ({}, "team-a", Mode.ENFORCE, False),
+        ({"allowed": False}, "team-a", Mode.WARN, False),
+        ({"enforceNamespaces": ["legacy-*"]}, "legacy-billing", Mode.ENFORCE, True),
+        ({"enforceNamespaces": ["legacy-*"]}, "team-a", Mode.ENFORCE, False),
+        ({"allowed": False, "enforceNamespaces": ["*"]}, "team-a", Mode.ENFORCE, False),
+    ],
+    ids=str,
+)
+def test_the_exempt_annotation_is_no_free_bypass_of_enforce(policy, namespace, mode, honoured):
+    """Issue 18 finding 5: the annotation on a tenant's own object skipped enforce."""
+    pol = parse_policy({"exemptions": {"annotation": policy}})
+    wl = deployment(f"{ACR}/a:1", template_annotations={"streamgate.io/exempt": "please"})
+    assert (exemption(wl, namespace, pol, mode) is not None) is honoured
+    ignored = ignored_exemption(wl, namespace, pol, mode)
+    assert (ignored is None) is honoured
+    if ignored is not None:
+        assert ignored.startswith("streamgate.io/exempt ignored")
+        assert len(ignored) <= 120
+
+
+def test_a_policy_note_is_a_warning_beside_the_denial():
+    img = f"{ACR}/a:1"
+    pol = parse_policy({})
+    planned = plan(deployment(img), pol)
+    verdicts = {ref: NOPE for ref in planned.to_check}
+    d = evaluate(
+        planned,
+        mode=Mode.ENFORCE,
+        policy=pol,
+        verdicts=verdicts,
+        placement=UNKNOWN_PLACEMENT,
+        notes=("streamgate.io/exempt ignored in enforce mode here",),
+    )
+    assert not d.allowed
+    assert d.warnings == ["streamgate.io/exempt ignored in enforce mode here"]
 
 
 def test_pools_some_cannot_stream():
@@ -228,10 +306,15 @@ def test_controlled_pod_is_warned_not_denied_unless_policy_says():
         "spec": {"containers": [{"name": "a", "image": img}]},
     }
     wl = workload("", "Pod", obj)
-    assert run(wl, {img: NOPE}, mode=Mode.ENFORCE).allowed
-    assert not run(wl, {img: NOPE}, mode=Mode.ENFORCE, denyControlledPods=True).allowed
+    assert run(wl, {img: NOPE}, mode=Mode.ENFORCE, by_controller=True).allowed
+    assert not run(
+        wl, {img: NOPE}, mode=Mode.ENFORCE, by_controller=True, denyControlledPods=True
+    ).allowed
     bare = workload("", "Pod", {"metadata": {"name": "p"}, "spec": obj["spec"]})
-    assert not run(bare, {img: NOPE}, mode=Mode.ENFORCE).allowed
+    assert not run(bare, {img: NOPE}, mode=Mode.ENFORCE, by_controller=True).allowed
+    # Issue 18 finding 5: anyone can write an ownerReference; only a controller's request
+    # is softened.
+    assert not run(wl, {img: NOPE}, mode=Mode.ENFORCE, by_controller=False).allowed
 
 
 def test_missing_verdict_counts_as_unknown():

@@ -1,6 +1,6 @@
 import pytest
 
-from app.core.images import InvalidImageRef, parse_image
+from app.core.images import InvalidImageRef, host_of, parse_image
 
 D = "sha256:" + "a" * 64
 
@@ -58,3 +58,29 @@ def test_rejects_with_a_reason(raw, fragment):
 
 def test_name_is_registry_and_repository():
     assert parse_image("myreg.azurecr.io/a/b:1").name == "myreg.azurecr.io/a/b"
+
+
+@pytest.mark.parametrize(
+    ("raw", "registry"),
+    [
+        ("myacr.azurecr.io:443/app:v1", "myacr.azurecr.io"),
+        ("MyAcr.azurecr.io:443/app:v1", "myacr.azurecr.io"),
+        ("reg.test:4430/app:v1", "reg.test:4430"),
+        ("[::1]:443/app:v1", "[::1]"),
+        ("[::1]:5000/app:v1", "[::1]:5000"),
+    ],
+)
+def test_https_default_port_is_the_same_registry(raw: str, registry: str) -> None:
+    """Issue 18 finding 5: `host:443/...` must not be a registry of its own (it escaped the
+    realm check and acrRegistries entries). The image as written is kept."""
+    ref = parse_image(raw)
+    assert ref.registry == registry
+    assert ref.raw == raw
+
+
+@pytest.mark.parametrize(
+    ("registry", "host"),
+    [("a.b:5000", "a.b"), ("a.b", "a.b"), ("[::1]:5000", "[::1]"), ("[::1]", "[::1]")],
+)
+def test_host_of(registry: str, host: str) -> None:
+    assert host_of(registry) == host

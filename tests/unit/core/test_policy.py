@@ -81,3 +81,24 @@ def test_mode_from_label():
     assert mode_from_label("Enforce") is None
     assert mode_from_label(None) is None
     assert mode_from_label("enforce-ish") is None
+
+
+@pytest.mark.parametrize(
+    ("host", "aad"),
+    [
+        ("myacr.azurecr.io", True),
+        ("reg.contoso.com", True),
+        ("reg.contoso.com:443", True),
+        ("evil.contoso.com", False),
+        ("reg.contoso.com:5000", False),
+        ("reg1.contoso.com", False),
+    ],
+)
+def test_only_exactly_listed_hosts_may_get_the_aad_token(host, aad):
+    """Issue 18 finding 3: patterns make a host ACR (judged, conversion status asked) but never
+    earn it the cluster's Azure AD token."""
+    policy = parse_policy(
+        {"acrRegistries": ["reg.contoso.com:443", "*.contoso.com", "reg?.contoso.com"]}
+    )
+    assert policy.is_acr(host) or host == "reg.contoso.com:5000"
+    assert policy.may_get_aad(host) is aad

@@ -23,10 +23,9 @@ def test_defaults() -> None:
     assert config.cache.missing_ttl_seconds == 60
     assert config.max_body_bytes == 4 * 1024 * 1024
     assert str(config.wanted_platform) == "linux/amd64"
-    settings = config.settings_for("myacr.azurecr.io")
-    assert settings.auth_mode("myacr.azurecr.io") == "acr-aad"
-    assert settings.auth_mode("ghcr.io") == "anonymous"
-    assert not settings.insecure
+    assert config.auth_mode("myacr.azurecr.io") == "acr-aad"
+    assert config.auth_mode("ghcr.io") == "anonymous"
+    assert not config.settings_for("myacr.azurecr.io").insecure
 
 
 @pytest.mark.parametrize(
@@ -165,4 +164,74 @@ registries:
     assert config.deadline_seconds == 1.5
     assert config.cache.tag_ttl_seconds == 30 and config.cache.found_ttl_seconds == 86400
     assert config.settings_for("127.0.0.1:25001").insecure
-    assert config.settings_for("registry.example.com").auth_mode("registry.example.com") == "basic"
+    assert config.auth_mode("registry.example.com") == "basic"
+
+
+# ---- issue 18 finding 3: no credentials for hosts matched only by a pattern -----------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"auth": "basic", "username": "u", "password_env": "P"}, "can't carry a user name"),
+        ({"username_env": "U", "password_env": "P"}, "can't carry a user name"),
+        ({"auth": "acr-aad"}, "would send the cluster's Azure AD token to every host"),
+    ],
+    ids=["basic", "auto-with-user", "acr-aad"],
+)
+def test_patterns_refuse_credentials(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message) as err:
+        RegistryConfig.model_validate({"registries": {"*.registry.contoso.com": settings}})
+    assert "'*.registry.contoso.com'" in str(err.value)
+    assert "give each registry its own key" in str(err.value)
+
+
+def test_patterns_under_acr_domains_may_use_acr_aad() -> None:
+    config = RegistryConfig.model_validate(
+        {"registries": {"*.azurecr.io": {"auth": "acr-aad"}, "*.azurecr.us": {"auth": "acr-aad"}}}
+    )
+    assert config.auth_mode("x.azurecr.io") == "acr-aad"
+
+
+@pytest.mark.parametrize(
+    ("registries", "registry", "mode"),
+    [
+        ({"*.contoso.com": {"acr": True}}, "evil.contoso.com", "anonymous"),
+        ({"*.contoso.com": {"acr": True}}, "evil.contoso.com:8443", "anonymous"),
+        ({"reg.contoso.com": {"acr": True}}, "reg.contoso.com", "acr-aad"),
+        ({"reg.contoso.com": {"acr": True}}, "reg.contoso.com:443", "acr-aad"),
+        ({"reg.contoso.com:443": {"acr": True}}, "reg.contoso.com", "acr-aad"),
+        ({"reg.contoso.com": {"acr": True}}, "reg.contoso.com:5000", "anonymous"),
+        ({"*.azurecr.io": {"tenantId": "t"}}, "x.azurecr.io", "acr-aad"),
+        ({}, "x.azurecr.io:443", "acr-aad"),
+    ],
+    ids=str,
+)
+def test_auto_sends_the_aad_token_only_to_acr_domains_or_exact_keys(
+    registries: dict[str, Any], registry: str, mode: str
+) -> None:
+    config = RegistryConfig.model_validate({"registries": registries})
+    assert config.auth_mode(registry) == mode
+
+
+def test_basic_credentials_match_the_port() -> None:
+    config = RegistryConfig.model_validate(
+        {"registries": {"reg.test": {"username": "u", "password_env": "P"}}}
+    )
+    assert config.auth_mode("reg.test") == "basic"
+    assert config.auth_mode("reg.test:443") == "basic"  # the same origin
+    assert config.auth_mode("reg.test:5000") == "anonymous"  # another server
+    assert config.settings_key("reg.test:5000") is None
+
+
+def test_default_port_keys_are_one_registry() -> None:
+    config = RegistryConfig.model_validate({"registries": {"reg.test:443": {"insecure": False}}})
+    assert list(config.registries) == ["reg.test"]
+    with pytest.raises(ValidationError, match="name the same registry"):
+        RegistryConfig.model_validate({"registries": {"reg.test:443": {}, "reg.test": {}}})
+
+
+@pytest.mark.parametrize("host", ["*.contoso.com", "a b", "https://x/"])
+def test_realm_hosts_are_exact_hosts(host: str) -> None:
+    with pytest.raises(ValidationError, match="no pattern"):
+        RegistryConfig.model_validate({"registries": {"reg.test": {"realmHosts": [host]}}})

@@ -261,7 +261,7 @@ def realm_on(host: str, scheme: str = "https") -> str:
 @pytest.mark.parametrize(
     ("credentials", "challenge", "allowed"),
     [
-        (Anonymous(), realm_on("auth.other.test"), True),
+        (Anonymous(), realm_on("auth.other.test"), False),
         (BasicAuth("u", "p"), realm_on("auth.other.test"), False),
         (BasicAuth("u", "p"), realm_on("reg.test"), True),
         (AcrAad(provider=FixedAad()), realm_on("auth.other.test"), False),

@@ -387,6 +387,7 @@ async def test_acr_hosts_hook_marks_custom_domains_as_acr() -> None:
         env={},
         transport=reg.transport(),
         acr_hosts=lambda host: host == "registry.contoso.com",
+        aad_hosts=lambda host: host == "registry.contoso.com",
     )
     verdict = await source.verdict(parse_image("registry.contoso.com/shop/web:v1"))
     await source.aclose()

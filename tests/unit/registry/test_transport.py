@@ -102,14 +102,21 @@ async def test_redirect_to_another_host_with_credentials_is_refused() -> None:
         await get(transport)
 
 
-async def test_anonymous_redirect_to_another_host_is_followed_without_auth() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.host == "cdn.test":
-            assert "authorization" not in request.headers
-            return httpx.Response(200, content=b"from cdn")
-        return httpx.Response(302, headers={"Location": "https://cdn.test/blob"})
+async def test_anonymous_redirect_to_another_host_is_refused() -> None:
+    """Issue 18 finding 7: a registry that needs no credentials could otherwise point
+    streamgate at any host inside the cluster's network (blind SSRF)."""
+    seen: list[str] = []
 
-    assert (await get(make(handler))).body == b"from cdn"
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.host)
+        if request.url.host == "10.0.0.1":
+            return httpx.Response(200, content=b"internal")
+        return httpx.Response(302, headers={"Location": "https://10.0.0.1/admin"})
+
+    with pytest.raises(BadResponse, match="redirect to another host") as err:
+        await get(make(handler))
+    assert seen == ["reg.test"]  # never asked
+    assert "10.0.0.1" in str(err.value)
 
 
 @pytest.mark.parametrize(

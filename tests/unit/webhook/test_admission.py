@@ -51,7 +51,7 @@ def pod(*images, name="p"):
     }
 
 
-def request(obj, *, op="CREATE", old=None, sub="", kind="Pod", group="", ns="default"):
+def request(obj, *, op="CREATE", old=None, sub="", kind="Pod", group="", ns="default", user="me"):
     return AdmissionRequest(
         api_version="admission.k8s.io/v1",
         uid="u",
@@ -64,7 +64,7 @@ def request(obj, *, op="CREATE", old=None, sub="", kind="Pod", group="", ns="def
         obj=obj,
         old_obj=old,
         dry_run=False,
-        user="me",
+        user=user,
     )
 
 
@@ -160,6 +160,86 @@ async def test_namespace_label_overrides_policy_mode():
     assert relaxed.allowed and len(relaxed.warnings) == 1
     quiet = await adm.answer(request(pod(f"{ACR}/a:1"), ns="quiet"), "validate")
     assert quiet.allowed and quiet.warnings == ()
+
+
+NOPE = MemoryVerdicts({f"{ACR}/a:1": ImageVerdict(Verdict.NOT_STREAMABLE)})
+
+
+@pytest.mark.parametrize(
+    ("policy", "label", "mode"),
+    [
+        ({"mode": "enforce"}, Mode.OFF, Mode.ENFORCE),
+        ({"mode": "enforce"}, Mode.WARN, Mode.ENFORCE),
+        ({"mode": "warn", "namespaceModes": {"team": "enforce"}}, Mode.AUDIT, Mode.ENFORCE),
+        ({"mode": "warn"}, Mode.ENFORCE, Mode.ENFORCE),
+        ({"mode": "audit"}, Mode.WARN, Mode.WARN),
+        ({"mode": "enforce", "namespaceLabel": {"allowRelax": True}}, Mode.OFF, Mode.OFF),
+        ({"mode": "warn", "namespaceModes": {"team": "off"}}, Mode.WARN, Mode.WARN),
+    ],
+    ids=str,
+)
+def test_the_namespace_label_only_makes_the_mode_stricter(policy, label, mode):
+    """Issue 18 finding 5: a tenant who can label its namespace turned the admin's enforce off."""
+    adm = admission(namespaces=Labels({"team": label}), **policy)
+    assert adm.mode_for("team", parse_policy(policy)) is mode
+
+
+async def test_an_ignored_label_is_said_beside_the_denial():
+    adm = admission(NOPE, namespaces=Labels({"team": Mode.OFF}), mode="enforce")
+    answer = await adm.answer(request(pod(f"{ACR}/a:1"), ns="team"), "validate")
+    assert not answer.allowed
+    assert answer.warnings == (
+        "namespace label streamgate.io/mode=off ignored: labels may only be stricter "
+        "than enforce (policy namespaceLabel)",
+    )
+
+
+def owned_pod():
+    obj = pod(f"{ACR}/a:1")
+    obj["metadata"]["ownerReferences"] = [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
+            "name": "web-1",
+            "uid": "x",
+            "controller": True,
+        }
+    ]
+    return obj
+
+
+@pytest.mark.parametrize(
+    ("user", "allowed"),
+    [
+        ("system:serviceaccount:kube-system:replicaset-controller", True),
+        ("system:kube-controller-manager", True),
+        ("alice", False),
+        ("system:serviceaccount:team:replicaset-controller", False),
+    ],
+)
+async def test_a_claimed_owner_softens_only_a_controllers_request(user, allowed):
+    """Issue 18 finding 5: a bare Pod claiming a ReplicaSet owner had its denial softened."""
+    adm = admission(NOPE, mode="enforce")
+    answer = await adm.answer(request(owned_pod(), user=user), "validate")
+    assert answer.allowed is allowed
+    again = await adm.answer(request(owned_pod(), user="alice"), "validate")  # memo: per user
+    assert not again.allowed
+
+
+async def test_exempt_annotation_in_enforce_is_ignored_and_said():
+    obj = pod(f"{ACR}/a:1")
+    obj["metadata"]["annotations"] = {"streamgate.io/exempt": "trust me"}
+    adm = admission(NOPE, mode="enforce")
+    answer = await adm.answer(request(obj), "validate")
+    assert not answer.allowed
+    assert answer.warnings == (
+        "streamgate.io/exempt ignored in enforce mode here; "
+        "an admin can allow it (policy exemptions.annotation)",
+    )
+    allowed = admission(
+        NOPE, mode="enforce", exemptions={"annotation": {"enforceNamespaces": ["default"]}}
+    )
+    assert (await allowed.answer(request(obj), "validate")).allowed
 
 
 async def test_mutate_patches_but_never_warns_and_validate_never_patches():

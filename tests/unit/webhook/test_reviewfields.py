@@ -34,7 +34,13 @@ class Fixed:
 
 def admission() -> Admission:
     policy = parse_policy(
-        {"mode": "enforce", "acrRegistries": ["127.0.0.1:25000"], "steering": {"enabled": True}}
+        {
+            "mode": "enforce",
+            "acrRegistries": ["127.0.0.1:25000"],
+            "steering": {"enabled": True},
+            # the "exempt" variant: honoured in enforce only where the policy says
+            "exemptions": {"annotation": {"enforceNamespaces": ["*"]}},
+        }
     )
     answers = {
         "streamgatedemo.azurecr.io/sidecar:v2": ImageVerdict(Verdict.NOT_STREAMABLE, "none"),
