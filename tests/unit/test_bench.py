@@ -26,7 +26,7 @@ def test_one_short_iteration_writes_the_report(tmp_path):
     assert code == 0, (tmp_path / "work").glob("logs/*")
     results = json.loads((out / "benchmarks.json").read_text())
     warm = results["sections"]["warm"]
-    for target in ("baseline", "validate", "mutate"):
+    for target in ("baseline", "baseline_h11", "validate", "mutate"):
         sat = warm["saturation"][target]
         assert sat["rps"]["median"] > 0
         assert all(r["errors"] == 0 for r in sat["raw"]), sat["raw"]
