@@ -73,6 +73,7 @@ def config(
         lifespan="off",
         http=http,
         loop=loop,
+        proxy_headers=False,  # as streamgate (app/webhook/serve.py)
     )
     cfg.load()
     cfg.ssl = server_context(cert, key)

@@ -221,8 +221,11 @@ KEY_FRAMES = (
     ("  metrics (prometheus_client)", "prometheus_client"),
     ("render", "render (app/webhook/review.py"),
     ("response send (uvicorn + TLS write)", "_send (app/webhook/server.py"),
-    ("HTTP parsing (httptools or h11)", "httptools|h11/"),
-    ("TLS read + socket (sslproto read path)", "_SelectorSocketTransport._read_ready"),
+    # httptools' parser calls back into HttpToolsProtocol from data_received; h11 is Python.
+    ("HTTP parsing (httptools callbacks or h11)", "HttpToolsProtocol.data_received|h11/"),
+    # uvloop's socket and TLS plumbing is native (no Python frame: it shows as the self time
+    # of `Runner.run`); what is left in Python is the ssl module's SSLObject.
+    ("TLS read (SSLObject.read; asyncio's read path)", "SSLObject.read|_read_ready"),
 )
 
 
