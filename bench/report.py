@@ -13,7 +13,7 @@ CHANGES = Path(__file__).parent / "changes.md"
 TARGETS = ("baseline", "baseline_h11", "validate", "mutate")
 LABELS = {
     "baseline": "baseline: bare echo, httptools + uvloop",
-    "baseline_h11": "bare echo, h11 + asyncio (the baseline before 0.3)",
+    "baseline_h11": "bare echo, h11 + asyncio (the baseline of bench/changes.md steps 1–14)",
     "validate": "streamgate /validate",
     "mutate": "streamgate /mutate",
 }
@@ -241,7 +241,7 @@ def _warm(w: dict[str, Any], has_plot: bool) -> list[str]:
         " with orjson and echoes `allowed: true`, on the fastest stack uvicorn offers (httptools"
         " + uvloop, plain uvicorn protocol) with the same TLS context; the same app on h11 +"
         " asyncio, the pure-Python stack that was the baseline (and streamgate's stack) before"
-        " 0.3, is measured beside it for continuity. Ratios are of saturation req/s to the"
+        " 0.2.0, is measured beside it for continuity. Ratios are of saturation req/s to the"
         " fast-stack baseline; the last column is to the h11 one.",
         "",
         "Reviews: "

@@ -1,7 +1,7 @@
 """Warm path: streamgate's /validate and /mutate beside the bare baseline, in one run.
 
 The baseline is the bare echo app on the fastest stack (httptools + uvloop, streamgate's
-default); the same app on the pure-Python stack (h11 + asyncio, the baseline before 0.3) is
+default); the same app on the pure-Python stack (h11 + asyncio, the baseline before 0.2.0) is
 measured in the same run for continuity."""
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ KEY_FRAMES = (
     ),
     ("  evaluate", "evaluate (app/core/evaluate.py"),
     ("  placement", "place (app/"),
-    ("  decision log line (_log_decision)", "_log_decision"),
+    ("  decision log line (DecisionLog.write)", "_log_decision|DecisionLog.write"),
     ("  metrics (prometheus_client)", "prometheus_client"),
     ("render", "render (app/webhook/review.py"),
     ("response send (uvicorn + TLS write)", "_send (app/webhook/server.py"),

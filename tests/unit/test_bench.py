@@ -52,7 +52,7 @@ def test_profile_summary_and_figures(tmp_path):
     assert prof["samples"] == 4
     shares = dict(prof["inclusive"])
     assert shares["parse_review"] == 75.0
-    assert shares["  decision log line (_log_decision)"] == 25.0
+    assert shares["  decision log line (DecisionLog.write)"] == 25.0
     assert summary([3, 1, 2]) == {"median": 2.0, "min": 1.0, "max": 3.0, "runs": [3.0, 1.0, 2.0]}
 
 
