@@ -86,7 +86,16 @@ def machine() -> dict[str, Any]:
             if line.startswith("MemTotal:"):
                 mem = int(line.split()[1]) // 1024
     versions = {}
-    for name in ("uvicorn", "fastapi", "starlette", "h11", "orjson", "pydantic"):
+    for name in (
+        "uvicorn",
+        "httptools",
+        "uvloop",
+        "h11",
+        "fastapi",
+        "starlette",
+        "orjson",
+        "pydantic",
+    ):
         with contextlib.suppress(Exception):
             from importlib.metadata import version
 

@@ -101,9 +101,13 @@ class Ctx:
         root = self.settings.app_root
         return {"PYTHONPATH": f"{root}:{ROOT}"} if root else {}
 
-    def baseline(self, name: str, port: int) -> Proc:
+    def baseline(
+        self, name: str, port: int, *, http: str = "httptools", loop: str = "uvloop"
+    ) -> Proc:
+        """The bare echo app (bench/baseline.py), by default on the fast stack."""
         args = [PYTHON, "-m", "bench.baseline", "--host", HOST, "--port", str(port)]
         args += ["--cert", str(self.certs.cert), "--key", str(self.certs.key)]
+        args += ["--http", http, "--loop", loop]
         return Proc(name, args, self.work / "logs" / f"{name}.log")
 
 

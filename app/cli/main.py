@@ -39,6 +39,8 @@ from app.registry.source import RegistryVerdictSource
 from app.telemetry.events import DEFAULT_INTERVAL
 from app.telemetry.logs import FORMATS
 from app.telemetry.logs import configure as configure_logging
+from app.webhook import loops
+from app.webhook.connections import HTTP_PROTOCOLS, ProtocolUnavailable, guarded_protocol
 from app.webhook.reload import load_policy
 from app.webhook.serve import ServeSettings, build_admission, run_webhook
 
@@ -77,12 +79,20 @@ def _serve(args: argparse.Namespace) -> int:
         policy_reload_interval=args.policy_reload_interval,
         events=args.events,
         event_interval=args.event_interval,
+        http=args.http,
+        loop=args.loop,
     )
     if settings.events and not settings.kube:
         print("streamgate serve: --events needs --kubeconfig", file=sys.stderr)
         return EXIT_USAGE
+    try:  # a missing C extension is said before anything starts, with the way out
+        guarded_protocol(settings.http)
+        loops.loop_factory(settings.loop)
+    except (ProtocolUnavailable, loops.LoopUnavailable) as err:
+        print(f"streamgate serve: {err}", file=sys.stderr)
+        return EXIT_USAGE
     load_policy(settings.policy_path)  # refuse a bad policy before anything starts
-    asyncio.run(run_webhook(settings))
+    loops.run(run_webhook(settings), settings.loop)
     return EXIT_OK
 
 
@@ -325,6 +335,19 @@ def parser() -> argparse.ArgumentParser:
         default=DEFAULT_INTERVAL,
         metavar="SECONDS",
         help="at most one Event per object and reason this often (default %(default)s)",
+    )
+    s.add_argument(
+        "--http",
+        choices=HTTP_PROTOCOLS,
+        default=HTTP_PROTOCOLS[0],
+        help="HTTP/1.1 parser: httptools (C, default) or h11 (pure Python, for platforms "
+        "without the C extension)",
+    )
+    s.add_argument(
+        "--loop",
+        choices=loops.EVENT_LOOPS,
+        default=loops.EVENT_LOOPS[0],
+        help="event loop: uvloop (C, default) or asyncio (the standard library's)",
     )
     m = s.add_argument_group("self-managed certificates (in a cluster)")
     m.add_argument(

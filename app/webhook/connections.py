@@ -1,53 +1,100 @@
-"""Connection hygiene for the admission port: uvicorn's HTTP/1.1 protocol with a deadline
-for a connection's first request.
+"""Connection hygiene for the admission port: uvicorn's HTTP/1.1 protocol (httptools by
+default, h11 where the C extension is not available) with a deadline for a connection's
+first request.
 
-uvicorn (h11) starts no timer before a connection's first request: a client that opens a
-TLS connection, sends half a request head and stops holds ~270 KiB for ever, and a few
-hundred of them push a pod past its memory limit (docs/reliability.md). The apiserver sends
-its request right after connecting, so a connection with no complete request head after
-`FIRST_REQUEST_TIMEOUT` seconds is closed. Idle keep-alive connections after a request are
-uvicorn's own `timeout_keep_alive`.
+uvicorn starts no timer before a connection's first request (neither protocol does): a
+client that opens a TLS connection, sends half a request head and stops holds ~270 KiB for
+ever, and a few hundred of them push a pod past its memory limit (docs/reliability.md). The
+apiserver sends its request right after connecting, so a connection with no complete
+request head after `FIRST_REQUEST_TIMEOUT` seconds is closed. Idle keep-alive connections
+after a request are uvicorn's own `timeout_keep_alive`; the connection limit is uvicorn's
+`limit_concurrency` (both protocols answer 503 past it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
-
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from typing import Any, Protocol, cast
 
 logger = logging.getLogger(__name__)
 
 FIRST_REQUEST_TIMEOUT = 10.0
 
+# The HTTP/1.1 parsers `streamgate serve --http` offers: httptools (C, llhttp) is the fast
+# one and the default; h11 is pure Python, for platforms without the C extension.
+HTTP_PROTOCOLS = ("httptools", "h11")
 
-def guarded_protocol(first_request_timeout: float = FIRST_REQUEST_TIMEOUT) -> type[H11Protocol]:
-    """An H11Protocol class that closes connections silent past `first_request_timeout`."""
 
-    class GuardedH11Protocol(H11Protocol):
-        _first_request_timer: asyncio.TimerHandle | None = None
+class _Connection(Protocol):
+    """What the guard reads of uvicorn's protocol objects (the same on both)."""
 
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            self._first_request_timer = self.loop.call_later(
-                first_request_timeout, self._no_first_request
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    cycle: object | None  # set once a complete request head arrived
+
+
+class _FirstRequestGuard(asyncio.Protocol):
+    """Mixed in before a uvicorn protocol: aborts a connection silent past the deadline."""
+
+    first_request_timeout: float = FIRST_REQUEST_TIMEOUT
+    _first_request_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        conn = cast(_Connection, self)
+        self._first_request_timer = conn.loop.call_later(
+            self.first_request_timeout, self._no_first_request
+        )
+
+    def _no_first_request(self) -> None:
+        # `cycle` is set once a complete request head arrived: from then on the request's own
+        # handling (and uvicorn's keep-alive timeout) governs the connection.
+        conn = cast(_Connection, self)
+        if conn.cycle is None and not conn.transport.is_closing():
+            logger.debug(
+                "dropping a connection with no request after %.0fs", self.first_request_timeout
             )
+            # abort, not close: a TLS close waits (up to 30 s) for the silent peer's
+            # close_notify, keeping the socket and its buffers all that time.
+            conn.transport.abort()
 
-        def _no_first_request(self) -> None:
-            # `cycle` is set once a complete request head arrived: from then on the request's
-            # own handling (and uvicorn's keep-alive timeout) governs the connection.
-            if self.cycle is None and not self.transport.is_closing():
-                logger.debug(
-                    "dropping a connection with no request after %.0fs", first_request_timeout
-                )
-                # abort, not close: a TLS close waits (up to 30 s) for the silent peer's
-                # close_notify, keeping the socket and its buffers all that time.
-                self.transport.abort()
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._first_request_timer is not None:
+            self._first_request_timer.cancel()
+        super().connection_lost(exc)
 
-        def connection_lost(self, exc: Exception | None) -> None:
-            if self._first_request_timer is not None:
-                self._first_request_timer.cancel()
-            super().connection_lost(exc)
 
-    return GuardedH11Protocol
+class ProtocolUnavailable(RuntimeError):
+    """The chosen HTTP protocol's library is not installed."""
+
+
+def guarded_protocol(
+    http: str = "httptools", first_request_timeout: float = FIRST_REQUEST_TIMEOUT
+) -> type[asyncio.Protocol]:
+    """uvicorn's `http` protocol class, closing connections silent past the deadline.
+
+    Each base is imported only when chosen: without httptools installed, `h11` still works.
+    """
+    timeout = first_request_timeout
+    if http == "h11":
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        class GuardedH11Protocol(_FirstRequestGuard, H11Protocol):
+            first_request_timeout = timeout
+
+        return GuardedH11Protocol
+    if http == "httptools":
+        try:
+            from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+        except ImportError as err:
+            raise ProtocolUnavailable(
+                f"the httptools HTTP parser is not installed ({err}); install it "
+                "(pip install httptools) or serve with --http h11"
+            ) from err
+
+        class GuardedHttpToolsProtocol(_FirstRequestGuard, HttpToolsProtocol):
+            first_request_timeout = timeout
+
+        return GuardedHttpToolsProtocol
+    raise ValueError(f"unknown HTTP protocol {http!r}: one of {', '.join(HTTP_PROTOCOLS)}")

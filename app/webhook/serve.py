@@ -32,6 +32,7 @@ from app.webhook.admission import (
     NoObserver,
 )
 from app.webhook.connections import FIRST_REQUEST_TIMEOUT, guarded_protocol
+from app.webhook.loops import EventLoop, loop_factory
 from app.webhook.reload import PolicyReloader, load_policy
 from app.webhook.server import create_app
 
@@ -63,6 +64,10 @@ class ServeSettings:
     metrics_port: int = 0
     policy_reload_interval: float = 5.0
     first_request_timeout: float = FIRST_REQUEST_TIMEOUT
+    # HTTP/1.1 parser and event loop: httptools + uvloop (C) by default, h11 + asyncio (pure
+    # Python) where those extensions are not available (app/webhook/connections.py, loops.py).
+    http: str = "httptools"
+    loop: EventLoop = "uvloop"
     # Connections plus requests in progress past which uvicorn answers 503 at once: bounds
     # memory whatever a client does (the apiserver keeps a handful of connections).
     limit_concurrency: int = 1000
@@ -176,9 +181,15 @@ def build_server(
         log_config=None,  # keep the process's own format (app/telemetry/logs.py)
         access_log=False,
         lifespan="off",
-        http=guarded_protocol(settings.first_request_timeout),
+        http=guarded_protocol(settings.http, settings.first_request_timeout),
+        loop=settings.loop,
         limit_concurrency=settings.limit_concurrency,
+        # The apiserver connects directly (no proxy whose X-Forwarded-* to trust, and nothing
+        # reads the client address): uvicorn's proxy-headers middleware would be a call and a
+        # header scan per request for nothing.
+        proxy_headers=False,
     )
+    loop_factory(settings.loop)  # refuse a loop that is not installed, with the way out
     config.load()
     # uvicorn's own ssl_* options build a context it never reloads: we hand it ours.
     context = server_context(cert, key)

@@ -33,8 +33,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# Every feature test runs on both server stacks `streamgate serve` offers: the default
+# (httptools + uvloop) and the pure-Python one (`--http h11 --loop asyncio`).
+STACKS = {"httptools+uvloop": ("httptools", "uvloop"), "h11+asyncio": ("h11", "asyncio")}
+
+
 class Webhook:
-    def __init__(self, running, certs: Path, source: MemoryVerdicts):
+    def __init__(self, running, certs: Path, source: MemoryVerdicts, stack: str):
+        self.stack = stack
         self.running = running
         self.certs = certs
         self.source = source
@@ -48,8 +54,9 @@ class Webhook:
         return httpx.Client(base_url=self.url, verify=trusting(self.ca), timeout=10)
 
 
-@pytest.fixture(scope="module")
-def webhook(tmp_path_factory):
+@pytest.fixture(scope="module", params=list(STACKS))
+def webhook(request, tmp_path_factory):
+    http, loop = STACKS[request.param]
     certs = tmp_path_factory.mktemp("certs")
     source = MemoryVerdicts(
         {
@@ -67,6 +74,8 @@ def webhook(tmp_path_factory):
         cert_reload_interval=0.2,
         log_level="warning",
         first_request_timeout=FIRST_REQUEST_TIMEOUT,
+        http=http,
+        loop=loop,
     )
     running = build_server(settings, admission)
     thread = threading.Thread(target=running.server.run, daemon=True)
@@ -76,6 +85,6 @@ def webhook(tmp_path_factory):
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("streamgate did not start")
         time.sleep(0.02)
-    yield Webhook(running, certs, source)
+    yield Webhook(running, certs, source, request.param)
     running.server.should_exit = True
     thread.join(timeout=10)

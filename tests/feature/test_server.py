@@ -229,9 +229,32 @@ def test_renewed_certificate_is_served_without_restart(webhook):
         assert client.get("/healthz").status_code == 200
 
 
-def test_connection_without_a_complete_request_is_closed(webhook):
-    """A client that sends half a request head and stops (slowloris) is cut off after the
-    first-request timeout; one that sends its request in time is served."""
+def test_the_server_runs_the_stack_it_was_given(webhook):
+    """The protocol class and the event loop are the ones chosen (not uvicorn's "auto")."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from tests.feature.conftest import STACKS
+
+    http, loop = STACKS[webhook.stack]
+    protocol = webhook.running.server.config.http_protocol_class
+    assert issubclass(protocol, HttpToolsProtocol if http == "httptools" else H11Protocol)
+    assert not issubclass(protocol, H11Protocol if http == "httptools" else HttpToolsProtocol)
+    running_loop = webhook.running.server.servers[0].get_loop()
+    assert type(running_loop).__module__.split(".")[0] == loop
+    with webhook.client() as client:
+        assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b"POST /validate HTTP/1.1\r\nHost: x\r\n", b""],
+    ids=["half-a-request-head", "nothing-after-tls"],
+)
+def test_connection_without_a_complete_request_is_closed(webhook, sent):
+    """A client that sends half a request head and stops (slowloris), or nothing at all after
+    the TLS handshake, is cut off after the first-request timeout; one that sends its request
+    in time is served."""
     from tests.feature.conftest import FIRST_REQUEST_TIMEOUT
 
     host, port = "127.0.0.1", webhook.running.server.config.port
@@ -240,7 +263,8 @@ def test_connection_without_a_complete_request_is_closed(webhook):
         socket.create_connection((host, port), timeout=10) as raw,
         ctx.wrap_socket(raw, server_hostname=host) as tls,
     ):
-        tls.sendall(b"POST /validate HTTP/1.1\r\nHost: x\r\n")
+        if sent:
+            tls.sendall(sent)
         tls.settimeout(FIRST_REQUEST_TIMEOUT + 5)
         started = time.monotonic()
         assert tls.recv(1024) == b""  # closed by the server, no answer

@@ -26,7 +26,7 @@ def test_one_short_iteration_writes_the_report(tmp_path):
     assert code == 0, (tmp_path / "work").glob("logs/*")
     results = json.loads((out / "benchmarks.json").read_text())
     warm = results["sections"]["warm"]
-    for target in ("baseline", "validate", "mutate"):
+    for target in ("baseline", "baseline_h11", "validate", "mutate"):
         sat = warm["saturation"][target]
         assert sat["rps"]["median"] > 0
         assert all(r["errors"] == 0 for r in sat["raw"]), sat["raw"]
@@ -52,7 +52,7 @@ def test_profile_summary_and_figures(tmp_path):
     assert prof["samples"] == 4
     shares = dict(prof["inclusive"])
     assert shares["parse_review"] == 75.0
-    assert shares["  decision log line (_log_decision)"] == 25.0
+    assert shares["  decision log line (DecisionLog.write)"] == 25.0
     assert summary([3, 1, 2]) == {"median": 2.0, "min": 1.0, "max": 3.0, "runs": [3.0, 1.0, 2.0]}
 
 

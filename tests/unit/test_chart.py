@@ -438,6 +438,13 @@ def test_self_managed_args_are_flags_streamgate_serve_knows(default):
     assert args.cert_namespace and args.cert_secret and args.webhook_config
 
 
+def test_server_stack_is_a_value_fast_by_default(default):
+    args = _parse_serve_args(default)
+    assert (args.http, args.loop) == ("httptools", "uvloop")
+    portable = _parse_serve_args(render({"server": {"http": "h11", "loop": "asyncio"}}))
+    assert (portable.http, portable.loop) == ("h11", "asyncio")
+
+
 # ---- RBAC -------------------------------------------------------------------------------
 
 
@@ -621,6 +628,8 @@ BAD = {
     "bad-client-id": ({"workloadIdentity": {"clientId": "me"}}, "/workloadIdentity/clientId"),
     "anti-affinity-twice": ({"affinity": {"podAntiAffinity": {}}}, "/affinity"),
     "privileged-port": ({"containerPort": 443}, "/containerPort"),
+    "http-h2": ({"server": {"http": "h2"}}, "/server/http"),
+    "loop-trio": ({"server": {"loop": "trio"}}, "/server/loop"),
 }
 
 
