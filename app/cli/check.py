@@ -1,13 +1,18 @@
 """`streamgate check`: judge manifests offline, as the webhook would, for CI pipelines.
 
-Reads multi-document YAML files (or every *.yaml/*.yml/*.json in a directory), evaluates each
-judged workload with the same core, prints a table or JSON, and reports whether anything
-would be denied.
+Reads multi-document YAML files, every *.yaml/*.yml/*.json under a directory, or standard input
+(`-f -`, e.g. `helm template … | streamgate check -f -`); expands `kind: List` and `*List`
+objects; refuses duplicate mapping keys as kubectl does. Namespace objects in the input give
+their `streamgate.io/mode` label, as the webhook's namespace watch would. Each judged workload
+is evaluated with the webhook's own admission code; the output is a table, JSON, YAML, SARIF
+or JUnit XML, and the exit code says whether anything would be denied (or warned, with
+`--fail-on warn`).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +21,7 @@ from typing import Any
 import yaml
 
 from app.core.evaluate import Decision, Severity
+from app.core.policy import MODE_LABEL, Mode, mode_from_label
 from app.core.workloads import KINDS, WorkloadError
 from app.webhook.admission import Admission
 from app.webhook.review import AdmissionRequest
@@ -33,9 +39,42 @@ class Document:
     obj: Mapping[str, Any]
 
 
+STDIN = Path("-")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a mapping with the same key twice (kubectl does too: the
+    object it would apply is not the one the file seems to say)."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        try:
+            duplicate = key in seen
+        except TypeError:
+            continue  # an unhashable key: the constructor says what is wrong with it
+        if duplicate:
+            mark = key_node.start_mark
+            raise yaml.YAMLError(
+                f"duplicate key {key!r} at line {mark.line + 1}, column {mark.column + 1}"
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,
+)
+
+
 def _files(paths: Iterable[Path]) -> Iterator[Path]:
     for path in paths:
-        if path.is_dir():
+        if path == STDIN:
+            yield path
+        elif path.is_dir():
             yield from sorted(p for p in path.rglob("*") if p.suffix in MANIFEST_SUFFIXES)
         elif path.exists():
             yield path
@@ -44,27 +83,60 @@ def _files(paths: Iterable[Path]) -> Iterator[Path]:
 
 
 def _expand(obj: Any) -> Iterator[Mapping[str, Any]]:
-    """A document, or the items of a `kind: List`."""
+    """A document, or the items of a `kind: List` (or `DeploymentList`, `PodList`, …)."""
     if not isinstance(obj, Mapping):
         return
-    if obj.get("kind") == "List" and isinstance(obj.get("items"), list):
+    kind = obj.get("kind")
+    if isinstance(kind, str) and kind.endswith("List") and isinstance(obj.get("items"), list):
         for item in obj["items"]:
             yield from _expand(item)
     else:
         yield obj
 
 
+def _text(path: Path) -> str:
+    if path == STDIN:
+        return sys.stdin.buffer.read().decode("utf-8")
+    return path.read_text(encoding="utf-8")
+
+
 def read_manifests(paths: Iterable[Path]) -> list[Document]:
     docs: list[Document] = []
     for path in _files(paths):
+        name = "stdin" if path == STDIN else str(path)
         try:
-            loaded = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-            raise ManifestError(f"{path}: cannot parse: {err}") from err
+            loaded = list(yaml.load_all(_text(path), Loader=_UniqueKeyLoader))
+        except OSError as err:
+            raise ManifestError(f"{name}: cannot read: {err.strerror}") from err
+        except UnicodeDecodeError as err:
+            raise ManifestError(f"{name}: not UTF-8 text ({err.reason})") from err
+        except yaml.YAMLError as err:
+            raise ManifestError(f"{name}: not valid YAML: {' '.join(str(err).split())}") from err
         for index, raw in enumerate(loaded):
+            if raw is not None and not isinstance(raw, Mapping):
+                raise ManifestError(
+                    f"{name}#{index}: not a Kubernetes object (a {type(raw).__name__})"
+                )
             for obj in _expand(raw):
-                docs.append(Document(f"{path}#{index}", obj))
+                docs.append(Document(f"{name}#{index}", obj))
     return docs
+
+
+def namespace_modes(docs: Iterable[Document]) -> dict[str, Mode]:
+    """The `streamgate.io/mode` labels of the Namespace objects among `docs`."""
+    modes: dict[str, Mode] = {}
+    for doc in docs:
+        if doc.obj.get("kind") != "Namespace" or doc.obj.get("apiVersion") != "v1":
+            continue
+        meta = doc.obj.get("metadata")
+        if not isinstance(meta, Mapping) or not isinstance(meta.get("name"), str):
+            continue
+        labels = meta.get("labels")
+        value = labels.get(MODE_LABEL) if isinstance(labels, Mapping) else None
+        mode = mode_from_label(value if isinstance(value, str) else None)
+        if mode is not None:
+            modes[meta["name"]] = mode
+    return modes
 
 
 def _group(api_version: Any) -> str:

@@ -6,13 +6,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
+import logging
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from app.certs.keeper import ManagedCertSettings
 from app.certs.tls import issue_self_signed
-from app.cli.check import ManifestError, Result, check, read_manifests, to_json, to_table
+from app.cli.check import (
+    ManifestError,
+    Result,
+    check,
+    namespace_modes,
+    read_manifests,
+    to_json,
+    to_table,
+)
+from app.cli.checkformats import to_junit, to_sarif, to_yaml
 from app.cli.explain import ExplainError, Explanation, explain
 from app.cli.explain import to_json as explain_json
 from app.cli.explain import to_text as explain_text
@@ -34,6 +49,7 @@ from app.cli.version import version_line
 from app.cluster.nodes import NodeWatcher
 from app.core.nodes.placement import PlacementIndex
 from app.core.policy import Mode, Policy, PolicyError
+from app.core.pools import UNKNOWN_PLACEMENT, Placement, PlacementSource
 from app.core.verdicts import OfflineVerdicts, VerdictSource
 from app.registry.source import RegistryVerdictSource
 from app.telemetry.events import DEFAULT_INTERVAL
@@ -91,6 +107,10 @@ def _serve(args: argparse.Namespace) -> int:
     except (ProtocolUnavailable, loops.LoopUnavailable) as err:
         print(f"streamgate serve: {err}", file=sys.stderr)
         return EXIT_USAGE
+    for what, path in (("--cert", settings.cert), ("--key", settings.key)):
+        if path is not None and not Path(path).is_file():
+            print(f"streamgate serve: {what} {path}: no such file", file=sys.stderr)
+            return EXIT_USAGE
     load_policy(settings.policy_path)  # refuse a bad policy before anything starts
     loops.run(run_webhook(settings), settings.loop)
     return EXIT_OK
@@ -111,28 +131,76 @@ def _managed_certs(args: argparse.Namespace) -> ManagedCertSettings | None:
     )
 
 
+class _NoRuntimeClasses:
+    """Placement from a --nodes file that lists no RuntimeClass: a pod naming a runtime class
+    can't be placed from it (the file says nothing of that class), so its pools are unknown
+    rather than "stays Pending"."""
+
+    def __init__(self, index: PlacementIndex) -> None:
+        self._index = index
+
+    def place(self, pod_spec: Mapping[str, Any]) -> Placement:
+        if pod_spec.get("runtimeClassName"):
+            return UNKNOWN_PLACEMENT
+        return self._index.place(pod_spec)
+
+
 def _check(args: argparse.Namespace) -> int:
     settings = ServeSettings(policy_path=args.policy)
     policy = load_policy(args.policy)
-    placement = None
+    placement: PlacementSource | None = None
+    notes = []
     if args.nodes:
         inventory = inventory_from_file(args.nodes, pool_labels=policy.pools.pool_labels)
-        placement = PlacementIndex(inventory, policy.pools)
+        if not inventory.nodes:
+            notes.append(f"{args.nodes} lists no Node: pools not judged")
+        else:
+            index = PlacementIndex(inventory, policy.pools)
+            placement = index if inventory.runtime_classes else _NoRuntimeClasses(index)
+    else:
+        notes.append(
+            "node pools not judged (give --nodes with the output of "
+            "`kubectl get nodes,runtimeclasses -o yaml`)"
+        )
+    if args.offline:
+        notes.append("offline: ACR images not looked up (unknown)")
     if args.mode:
         policy = policy.model_copy(update={"mode": Mode(args.mode)})
     docs = read_manifests(args.file)
+    modes = namespace_modes(docs)
 
     async def run() -> list[Result]:
         source = _verdict_source(policy, offline=args.offline)
-        admission = build_admission(settings, verdicts=source, placement=placement, policy=policy)
+        admission = build_admission(
+            settings,
+            verdicts=source,
+            placement=placement,
+            namespaces=StaticModes(modes),
+            policy=policy,
+        )
         try:
             return await check(docs, admission, namespace=args.namespace)
         finally:
             await _close(source)
 
     results = asyncio.run(run())
-    print(to_json(results) if args.output == "json" else to_table(results))
-    return EXIT_DENIED if any(r.denied for r in results) else EXIT_OK
+    for note in notes:
+        print(f"streamgate check: {note}", file=sys.stderr)
+    print(CHECK_FORMATS[args.output](results))
+    if any(r.denied for r in results):
+        return EXIT_DENIED
+    if args.fail_on == "warn" and any(r.decision and r.decision.warnings for r in results):
+        return EXIT_DENIED
+    return EXIT_OK
+
+
+CHECK_FORMATS = {
+    "table": to_table,
+    "json": to_json,
+    "yaml": to_yaml,
+    "sarif": to_sarif,
+    "junit": to_junit,
+}
 
 
 def _namespaces(values: list[str] | None) -> list[str]:
@@ -145,7 +213,7 @@ def _namespaces(values: list[str] | None) -> list[str]:
 def _scan(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy)
     progress = Progress(enabled=not args.quiet)
-    reader = KubeReader(kube_api(args.kubeconfig))
+    reader = KubeReader(kube_api(args.kubeconfig, args.context))
     snapshot = read_cluster(
         reader, policy, namespaces=_namespaces(args.namespace), progress=progress
     )
@@ -185,8 +253,8 @@ def _explain(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy)
     placement = None
     mode = None
-    if args.kubeconfig:
-        reader = KubeReader(kube_api(args.kubeconfig))
+    if args.kubeconfig or args.context:
+        reader = KubeReader(kube_api(args.kubeconfig, args.context))
         snapshot = read_cluster(reader, policy, namespaces=[args.namespace])
         for note in snapshot.notes:
             print(f"streamgate: {note}", file=sys.stderr)
@@ -212,7 +280,7 @@ def _pools(args: argparse.Namespace) -> int:
         inventory = inventory_from_file(args.nodes, pool_labels=policy.pools.pool_labels)
         print(pool_table(PlacementIndex(inventory, policy.pools)))
         return EXIT_OK
-    watcher = NodeWatcher.from_config(args.kubeconfig, rules=policy.pools)
+    watcher = NodeWatcher(kube_api(args.kubeconfig, args.context), rules=policy.pools)
     watcher.start()
     try:
         if not watcher.wait_ready(args.timeout):
@@ -234,6 +302,36 @@ def _certs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_check(sub: Any) -> None:
+    c = sub.add_parser("check", help="judge manifests offline, as the webhook would")
+    c.add_argument(
+        "-f",
+        "--file",
+        type=Path,
+        action="append",
+        required=True,
+        help="manifest file or directory, or - for standard input (repeatable)",
+    )
+    c.add_argument("--policy", type=Path)
+    c.add_argument("--namespace", default="default", help="for objects without one")
+    c.add_argument("--mode", choices=[m.value for m in Mode], help="override the policy mode")
+    c.add_argument("--offline", action="store_true", help="do not ask registries")
+    c.add_argument(
+        "--nodes",
+        type=Path,
+        metavar="FILE",
+        help="judge placement against `kubectl get nodes,runtimeclasses -o yaml` output",
+    )
+    c.add_argument("-o", "--output", choices=list(CHECK_FORMATS), default="table")
+    c.add_argument(
+        "--fail-on",
+        choices=["deny", "warn"],
+        default="deny",
+        help="exit 1 when something would be denied (default), or also when warned",
+    )
+    c.set_defaults(func=_check)
+
+
 def _add_scan(sub: Any) -> None:
     a = sub.add_parser(
         "scan",
@@ -251,6 +349,7 @@ def _add_scan(sub: Any) -> None:
         metavar="NS",
         help="only these namespaces (repeatable, or comma-separated; default: all)",
     )
+    a.add_argument("--context", help="the kubeconfig context to use (as kubectl --context)")
     a.add_argument("--policy", type=Path, help="policy YAML (default: built-in defaults)")
     a.add_argument("-o", "--output", choices=list(RENDERERS), default="table")
     a.add_argument(
@@ -273,6 +372,7 @@ def _add_explain(sub: Any) -> None:
         metavar="PATH|in-cluster",
         help="also judge the cluster's node pools and the namespace's mode",
     )
+    e.add_argument("--context", help="the kubeconfig context to use (as kubectl --context)")
     e.add_argument(
         "-n",
         "--namespace",
@@ -373,33 +473,13 @@ def parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=_serve)
 
-    c = sub.add_parser("check", help="judge manifests offline, as the webhook would")
-    c.add_argument(
-        "-f",
-        "--file",
-        type=Path,
-        action="append",
-        required=True,
-        help="manifest file or directory (repeatable)",
-    )
-    c.add_argument("--policy", type=Path)
-    c.add_argument("--namespace", default="default", help="for objects without one")
-    c.add_argument("--mode", choices=[m.value for m in Mode], help="override the policy mode")
-    c.add_argument("--offline", action="store_true", help="do not ask registries")
-    c.add_argument(
-        "--nodes",
-        type=Path,
-        metavar="FILE",
-        help="judge placement against `kubectl get nodes,runtimeclasses -o yaml` output",
-    )
-    c.add_argument("-o", "--output", choices=["table", "json"], default="table")
-    c.set_defaults(func=_check)
-
+    _add_check(sub)
     _add_scan(sub)
     _add_explain(sub)
 
     n = sub.add_parser("pools", help="list node pools and whether each can stream")
-    n.add_argument("--kubeconfig", help="default: ~/.kube/config or $KUBECONFIG")
+    n.add_argument("--kubeconfig", help="default: $KUBECONFIG or ~/.kube/config, as kubectl")
+    n.add_argument("--context", help="the kubeconfig context to use (as kubectl --context)")
     n.add_argument(
         "--nodes",
         type=Path,
@@ -418,15 +498,45 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 ok; 1 `check` found what --fail-on names (a denial, or a warning);
+    2 bad input (usage, files, YAML, policy, kubeconfig, cluster unreachable; one line on
+    stderr); 3 an internal error (one line; a bug to report); 130 interrupted."""
     args = parser().parse_args(argv)
     if getattr(args, "host", None) is None and args.command == "certs":
         args.host = ["127.0.0.1", "localhost"]
-    configure_logging(getattr(args, "log_level", "warning"), getattr(args, "log_format", "text"))
+    # The commands other than serve speak for themselves: library warnings (retries of a
+    # watch, ...) would bury the one line that says what went wrong.
+    configure_logging(getattr(args, "log_level", "error"), getattr(args, "log_format", "text"))
     try:
         code: int = args.func(args)
+        sys.stdout.flush()
     except (PolicyError, ManifestError, ScanError) as err:
-        print(f"streamgate: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(str(err))
+    except BrokenPipeError:
+        # The reader of our output went away (`streamgate check ... | head`): say nothing
+        # more on stdout (Python would complain again at exit), one line on stderr.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return _fail("output closed before it was all written")
+    except KeyboardInterrupt:
+        return 130
+    except yaml.YAMLError as err:
+        return _fail(f"not valid YAML: {' '.join(str(err).split())}")
+    except UnicodeDecodeError as err:
+        return _fail(f"not UTF-8 text: {err.reason}")
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        return _fail(f"{where}{err.strerror or err}")
+    except Exception as err:  # a bug: one line, not a traceback (the log has the detail)
+        logging.getLogger(__name__).debug("internal error", exc_info=True)
+        return _fail(
+            f"internal error ({type(err).__name__}: {' '.join(str(err).split())[:200]})", 3
+        )
+    return code
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> int:
+    print(f"streamgate: {' '.join(message.split())}", file=sys.stderr)
     return code
 
 

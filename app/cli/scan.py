@@ -906,9 +906,10 @@ RENDERERS: dict[str, Callable[[Report], str]] = {
 }
 
 
-def kube_api(kubeconfig: str | None) -> Any:
+def kube_api(kubeconfig: str | None, context: str | None = None) -> Any:
     """An ApiClient: `in-cluster` for the pod's service account, a path, or (None) $KUBECONFIG
-    or ~/.kube/config as kubectl reads them. Raises `ScanError` when none can be loaded."""
+    (several files joined by ':', as kubectl reads them) or ~/.kube/config; `context` picks a
+    context as `kubectl --context` does. Raises `ScanError` when none can be loaded."""
     from app.cluster.nodes import api_client_from_config
 
     if kubeconfig == "in-cluster":
@@ -916,7 +917,8 @@ def kube_api(kubeconfig: str | None) -> Any:
     else:
         target = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
     try:
-        return api_client_from_config(target)
+        return api_client_from_config(target, context=context)
     except Exception as err:  # the client raises ConfigException, OSError, ...
         where = target or "the in-cluster service account"
-        raise ScanError(f"cannot load a kubeconfig from {where}: {str(err)[:200]}") from err
+        why = " ".join(str(err).split())[:200]
+        raise ScanError(f"cannot load a kubeconfig from {where}: {why}") from err

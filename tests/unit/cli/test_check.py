@@ -98,7 +98,7 @@ def test_directory_of_examples_is_read(capsys):
     [
         (["-f", "/no/such/file.yaml"], "no such file"),
         (["-f", "{bad}", "--policy", "{badpolicy}"], "invalid policy"),
-        (["-f", "{badyaml}"], "cannot parse"),
+        (["-f", "{badyaml}"], "not valid YAML"),
     ],
     ids=["missing-file", "bad-policy", "bad-yaml"],
 )

@@ -479,7 +479,7 @@ def test_command_usage_errors_exit_2(tmp_path, capsys) -> None:
 
 def test_command_prints_the_report(monkeypatch, capsys) -> None:
     reader = cluster()
-    monkeypatch.setattr("app.cli.main.kube_api", lambda kubeconfig: object())
+    monkeypatch.setattr("app.cli.main.kube_api", lambda kubeconfig, context=None: object())
     monkeypatch.setattr("app.cli.main.KubeReader", lambda api: reader)
     monkeypatch.setattr(
         "app.cli.main.RegistryVerdictSource",
