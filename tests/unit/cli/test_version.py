@@ -56,3 +56,24 @@ def test_streamgate_version_prints_one_line_and_exits_0() -> None:
     line = out.stdout.strip()
     assert line.startswith(f"streamgate {__version__} (revision ")
     assert "\n" not in line
+
+
+def test_usable_as_a_kubectl_plugin() -> None:
+    import os
+    import shutil
+
+    plugin = Path(sys.executable).with_name("kubectl-streamgate")
+    assert plugin.is_file(), "pip install puts kubectl-streamgate beside streamgate"
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl is one of the machine's tools (README)"
+    env = {**os.environ, "PATH": f"{plugin.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    out = subprocess.run(
+        [kubectl, "streamgate", "--version"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"streamgate {__version__} (revision ")
