@@ -72,9 +72,24 @@ def _split_domain(name: str) -> tuple[str, str]:
     return DOCKER_HUB, name if sep else f"library/{name}"
 
 
-@lru_cache(maxsize=8192)
+# References up to this long are kept by the parse cache (8,192 of them: at most ~2 MiB); a
+# longer one, which a tenant can write thousands of, is parsed each time instead.
+CACHED_LENGTH = 256
+
+
 def parse_image(raw: str) -> ImageRef:
     """Parse `raw` into an `ImageRef`; raise `InvalidImageRef` with the reason when it can't be."""
+    if type(raw) is str and len(raw) <= CACHED_LENGTH:
+        return _parse_cached(raw)
+    return _parse(raw)
+
+
+@lru_cache(maxsize=8192)
+def _parse_cached(raw: str) -> ImageRef:
+    return _parse(raw)
+
+
+def _parse(raw: str) -> ImageRef:
     if not isinstance(raw, str):
         raise InvalidImageRef("image is not a string")
     if not raw:

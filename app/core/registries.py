@@ -124,6 +124,10 @@ class RegistryConfig(_Model):
     max_referrer_pages: int = Field(5, ge=1, le=100)
     max_connections: int = Field(32, ge=1, description="per registry")
     max_registries: int = Field(64, ge=1, description="registries with a live client")
+    # Per admission: what one object may make streamgate look up. A tenant's Pod naming
+    # hundreds of registries or images must not cost every other admission its deadline.
+    max_registries_per_review: int = Field(8, ge=1, le=256)
+    max_images_per_review: int = Field(32, ge=1, le=1024)
     platform: str = Field("linux/amd64", description="the platform streaming nodes run")
     aad_scope: str = ACR_AAD_SCOPE
     cache: CacheSettings = CacheSettings()

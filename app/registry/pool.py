@@ -67,7 +67,12 @@ def _secret(*, env: Mapping[str, str], var: str | None, path: str | None, what: 
         raise ConfigError(f"{what}: cannot read {path}: {err.strerror}") from err
 
 
-def _profile(key: str, settings: RegistrySettings, env: Mapping[str, str]) -> _Profile:
+def _profile(
+    key: str,
+    settings: RegistrySettings,
+    env: Mapping[str, str],
+    default_tls: ssl.SSLContext,
+) -> _Profile:
     basic = None
     if settings.username_env or settings.username_file or settings.username:
         username = settings.username or _secret(
@@ -83,7 +88,10 @@ def _profile(key: str, settings: RegistrySettings, env: Mapping[str, str]) -> _P
             what=f"registry {key} password",
         )
         basic = BasicAuth(username, password)
-    verify: ssl.SSLContext | bool = True
+    # One SSLContext per profile, built here: a context takes ~16 ms of CPU to build (loading
+    # the CA bundle), and a client per new registry host building its own on the event loop
+    # let one review naming hundreds of hosts stall every admission (docs/security.md).
+    verify: ssl.SSLContext | bool = default_tls
     if settings.ca_file is not None:
         try:
             verify = ssl.create_default_context(cafile=str(settings.ca_file))
@@ -112,8 +120,12 @@ class ClientPool:
         self._transport = transport
         self._clock = clock
         self._observer = observer
-        self._profiles = {k: _profile(k, s, environment) for k, s in config.registries.items()}
-        self._default = _profile("(default)", RegistrySettings(), environment)
+        # httpx's own default trust (its CA bundle), built once and shared by every client
+        default_tls = httpx.create_ssl_context()
+        self._profiles = {
+            k: _profile(k, s, environment, default_tls) for k, s in config.registries.items()
+        }
+        self._default = _profile("(default)", RegistrySettings(), environment, default_tls)
         # The default AAD provider is made here but asks Azure for nothing until an ACR
         # registry challenges us; an injected provider is the caller's to close.
         self._owned_aad: AzureIdentityProvider | None = None
@@ -123,6 +135,7 @@ class ClientPool:
         self._tenant = environment.get("AZURE_TENANT_ID")
         self._clients: OrderedDict[str, RegistryTransport] = OrderedDict()
         self._closing: set[asyncio.Task[None]] = set()
+        self._evicted: set[RegistryTransport] = set()
 
     def _profile_for(self, registry: str) -> _Profile:
         key = self._config.settings_key(registry)
@@ -139,11 +152,22 @@ class ClientPool:
             self._clients[registry] = client
             while len(self._clients) > self._config.max_registries:
                 _, old = self._clients.popitem(last=False)
-                task = asyncio.create_task(old.aclose())
+                task = asyncio.create_task(self._close_later(old))
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
         self._clients.move_to_end(registry)
         return client
+
+    async def _close_later(self, client: RegistryTransport) -> None:
+        """Close an evicted client once any request it may still carry is over: no look-up
+        outlives `background_seconds`, and no request `request_timeout_seconds`."""
+        config = self._config
+        self._evicted.add(client)
+        try:
+            await asyncio.sleep(max(config.background_seconds, config.request_timeout_seconds))
+        finally:  # also at shutdown (aclose cancels the wait)
+            self._evicted.discard(client)
+            await client.aclose()
 
     def _credentials(self, registry: str, profile: _Profile) -> Credentials:
         mode = self._config.auth_mode(
@@ -215,6 +239,8 @@ class ClientPool:
     async def aclose(self) -> None:
         clients = list(self._clients.values())
         self._clients.clear()
-        await asyncio.gather(*(c.aclose() for c in clients), *self._closing)
+        for task in self._closing:
+            task.cancel()
+        await asyncio.gather(*(c.aclose() for c in clients), *self._closing, return_exceptions=True)
         if self._owned_aad is not None:
             await self._owned_aad.close()

@@ -126,6 +126,7 @@ class Admission:
                 out[ref] = verdict
         if not missing:  # the warm path: no task, no timer
             return out
+        missing = self._capped(missing, out)
         tasks = {ref: asyncio.ensure_future(self.verdicts.verdict(ref)) for ref in missing}
         _, pending = await asyncio.wait(tasks.values(), timeout=self.lookup_deadline)
         for ref, task in tasks.items():
@@ -139,6 +140,29 @@ class Admission:
             else:
                 out[ref] = task.result()
         return out
+
+    def _capped(self, missing: list[ImageRef], out: dict[ImageRef, ImageVerdict]) -> list[ImageRef]:
+        """The look-ups one object may cause: images beyond `maxImagesPerReview`, or on
+        registries beyond `maxRegistriesPerReview`, are unknown at once, with no network."""
+        config = self.policy().registry
+        kept: list[ImageRef] = []
+        registries: set[str] = set()
+        for ref in missing:
+            new_registry = ref.registry not in registries
+            if len(kept) >= config.max_images_per_review:
+                why = f"more than {config.max_images_per_review} images in one object"
+                out[ref] = ImageVerdict(
+                    Verdict.UNKNOWN, f"not looked up: {why} (registry.maxImagesPerReview)"
+                )
+            elif new_registry and len(registries) >= config.max_registries_per_review:
+                why = f"more than {config.max_registries_per_review} registries in one object"
+                out[ref] = ImageVerdict(
+                    Verdict.UNKNOWN, f"not looked up: {why} (registry.maxRegistriesPerReview)"
+                )
+            else:
+                registries.add(ref.registry)
+                kept.append(ref)
+        return kept
 
     async def decide(self, req: AdmissionRequest) -> tuple[Decision, Workload | None]:
         policy = self.policy()

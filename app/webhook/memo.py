@@ -19,9 +19,13 @@ from app.core.images import ImageRef
 from app.core.policy import Mode, Policy
 from app.core.pools import Placement
 from app.core.verdicts import ImageVerdict
-from app.core.workloads import Workload
+from app.core.workloads import Container, Workload
 
 DEFAULT_SIZE = 2048
+# What a tenant can make the memo hold is bounded in bytes too: a key whose images add up to
+# more than MAX_KEY_CHARS is not memoised, and entries go oldest first past MAX_TOTAL_CHARS.
+MAX_KEY_CHARS = 16 * 1024
+MAX_TOTAL_CHARS = 8 * 1024 * 1024
 
 Key = tuple[Hashable, ...]
 
@@ -56,6 +60,8 @@ class DecisionMemo:
     def __init__(self, size: int = DEFAULT_SIZE) -> None:
         self._size = size
         self._entries: dict[Key, Judged] = {}
+        self._weights: dict[Key, int] = {}
+        self._total = 0
         self._policy: Policy | None = None
         self.hits = 0
         self.misses = 0
@@ -91,10 +97,38 @@ class DecisionMemo:
     def put(self, key: Key, policy: Policy, judged: Judged) -> None:
         if self._size <= 0:
             return
+        weight = _weight(key, judged)
+        if weight > MAX_KEY_CHARS:
+            return
         if policy is not self._policy:
             self._entries.clear()
+            self._weights.clear()
+            self._total = 0
             self._policy = policy
-        if key not in self._entries and len(self._entries) >= self._size:
+        self._total -= self._weights.pop(key, 0)
+        self._entries.pop(key, None)
+        while self._entries and (
+            len(self._entries) >= self._size or self._total + weight > MAX_TOTAL_CHARS
+        ):
             # Oldest first: dicts keep insertion order; a template still in use comes back.
-            del self._entries[next(iter(self._entries))]
+            oldest = next(iter(self._entries))
+            del self._entries[oldest]
+            self._total -= self._weights.pop(oldest)
         self._entries[key] = judged
+        self._weights[key] = weight
+        self._total += weight
+
+
+def _weight(key: Key, judged: Judged) -> int:
+    """Characters an entry holds that a tenant chose: its containers' names and images, the
+    request context, and the decision's messages (which quote them)."""
+    chars = 0
+    for part in key:
+        if isinstance(part, tuple):
+            for item in part:
+                if isinstance(item, Container):
+                    chars += len(item.name) + (len(item.image) if type(item.image) is str else 0)
+                else:
+                    chars += len(str(item))
+    chars += sum(len(p.message) for p in judged.decision.problems)
+    return chars

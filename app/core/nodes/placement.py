@@ -95,6 +95,9 @@ def _signature(node: Node, pool: str, identity: frozenset[str]) -> tuple[object,
 
 
 _MAX_MEMO = 16384
+# Scheduling fields longer than this (as JSON) are judged without memoising: 16,384 memo
+# entries of at most 1 KiB keep the memos within ~16 MiB whatever pods a tenant sends.
+_MAX_KEY_BYTES = 1024
 
 
 class PlacementIndex:
@@ -159,6 +162,9 @@ class PlacementIndex:
         """The pools `pod_spec` can be scheduled on (see module doc). Never raises."""
         try:
             key = _scheduling_key(pod_spec)
+            if key is not None and len(key) > _MAX_KEY_BYTES:
+                # A tenant's huge nodeSelector or affinity: judged, never memoised.
+                return self._place(constraints_from_pod_spec(pod_spec))
             placement = self._spec_memo.get(key) if key is not None else None
             if placement is None:
                 placement = self._memo(constraints_from_pod_spec(pod_spec))

@@ -84,3 +84,14 @@ def test_https_default_port_is_the_same_registry(raw: str, registry: str) -> Non
 )
 def test_host_of(registry: str, host: str) -> None:
     assert host_of(registry) == host
+
+
+def test_long_references_are_parsed_without_filling_the_cache():
+    from app.core import images
+
+    images._parse_cached.cache_clear()
+    long_ref = "myacr.azurecr.io/" + "a" * 1000 + ":1"
+    assert images.parse_image(long_ref).repository == "a" * 1000
+    assert images._parse_cached.cache_info().currsize == 0
+    images.parse_image("myacr.azurecr.io/short:1")
+    assert images._parse_cached.cache_info().currsize == 1

@@ -338,3 +338,24 @@ async def test_memo_hit_asks_each_image_once_and_misses_reuse_known_verdicts():
     await adm.decide(request(pod(img, slow)))  # memo entry, but slow still not cached: a miss
     assert sorted(source.calls) == [img, slow]  # img: cached, asked once; slow: looked up
     assert adm.memo.hits == 0
+
+
+async def test_one_object_naming_300_registries_looks_up_only_the_capped_few():
+    source = MemoryVerdicts()
+    images = [f"r{i}.azurecr.io/x:1" for i in range(300)]
+    adm = admission(source, mode="enforce", onError="deny")
+    answer = await adm.answer(request(pod(*images)), "validate")
+    assert len(source.calls) == 8  # registry.maxRegistriesPerReview
+    assert not answer.allowed  # the rest are unknown, and onError: deny denies in enforce
+    assert "not looked up: more than 8 registries in one object" in answer.message
+    assert "registry.maxRegistriesPerReview" in answer.message
+
+
+async def test_images_per_object_are_capped_too_and_the_cap_is_a_setting():
+    source = MemoryVerdicts()
+    images = [f"{ACR}/img{i}:1" for i in range(40)]
+    adm = admission(source, registry={"maxImagesPerReview": 5})
+    answer = await adm.answer(request(pod(*images)), "validate")
+    assert len(source.calls) == 5
+    assert answer.allowed  # onError: allow (the default) warns
+    assert any("more than 5 images in one object" in w for w in answer.warnings)

@@ -153,3 +153,30 @@ def test_the_memo_is_bounded_oldest_first():
     off = DecisionMemo(size=0)
     off.put(("a",), POLICY, entry)
     assert len(off) == 0
+
+
+def test_the_memo_is_bounded_in_characters_not_only_entries():
+    from app.webhook import memo as memo_module
+
+    memo = DecisionMemo(size=100_000)
+    placement = NO
+    big = "x" * 4000
+    for i in range(3000):
+        wl = pod([c(f"a{i}", f"{ACR}/{big}{i}:1"), c("b", f"{ACR}/b:1")])
+        ref = parse_image(f"{ACR}/b:1")
+        decision = evaluate(
+            plan(wl, POLICY),
+            mode=Mode.ENFORCE,
+            policy=POLICY,
+            verdicts={ref: STREAMABLE},
+            placement=placement,
+        )
+        memo.put(
+            signature(wl, Mode.ENFORCE), POLICY, Judged((ref,), (STREAMABLE,), placement, decision)
+        )
+    assert memo._total <= memo_module.MAX_TOTAL_CHARS
+    assert 0 < len(memo) < 3000
+    huge = pod([c("a", f"{ACR}/{'y' * (memo_module.MAX_KEY_CHARS + 1)}:1")])
+    before = len(memo)
+    memo.put(signature(huge, Mode.ENFORCE), POLICY, Judged((), (), placement, decision))
+    assert len(memo) == before  # too large to keep

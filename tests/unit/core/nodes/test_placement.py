@@ -653,3 +653,15 @@ def test_a_cluster_without_the_streaming_label_says_streaming_is_off_everywhere(
     labelled = PlacementIndex(build_inventory([aks_node("user1", 0)], []))
     assert labelled.place({}).streaming_enabled
     assert "no node pool" not in pool_table(labelled)
+
+
+def test_a_huge_node_selector_is_judged_but_never_memoised() -> None:
+    index = PlacementIndex(INVENTORY)
+    selector = {f"label-{i}": "x" * 50 for i in range(40)}  # > 1 KiB of scheduling fields
+    for i in range(20):
+        placement = index.place({"nodeSelector": {**selector, "n": str(i)}})
+        assert placement.known and placement.pools == ()
+    assert len(index._spec_memo) == 0
+    assert index._memo.cache_info().currsize == 0
+    index.place({"nodeSelector": {"kubernetes.io/arch": "arm64"}})
+    assert len(index._spec_memo) == 1
