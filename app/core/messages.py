@@ -116,10 +116,9 @@ def unknown(label: str, ref: ImageRef, reason: str, *, denied: bool) -> str:
     """Not checked: why, what happens now, and where to look further."""
     outcome = "denied (onError: deny)" if denied else "allowed"
     why = " ".join((reason or "unknown").split())[:120]
-    tail = f" not checked: {why}; {outcome}; details: streamgate explain {ref.raw}"
-    if len(tail) + len(label) + 40 > MAX_WARNING:
-        tail = f" not checked: {why}; {outcome}"
-    return _line(f"{label}: ", ref, tail)
+    line = _line(f"{label}: ", ref, f" not checked: {why}; {outcome}")
+    details = f"; details: streamgate explain {ref.raw}"
+    return line + details if len(line) + len(details) <= MAX_WARNING else line
 
 
 def digest_pinned(label: str, ref: ImageRef) -> str:
@@ -203,7 +202,12 @@ def grouped(labels: Sequence[str], text: str) -> str:
     """One warning for a problem several containers share: `text` without its label, led by
     how many and which."""
     names = ", ".join(labels[:3]) + (f", +{len(labels) - 3} more" if len(labels) > 3 else "")
-    return f"{len(labels)} containers ({names}){text}"
+    line = f"{len(labels)} containers ({names}){text}"
+    if len(line) > MAX_WARNING:
+        line = f"{len(labels)} containers{text}"
+    if len(line) > MAX_WARNING and "; details: streamgate explain " in line:
+        line = line.split("; details: streamgate explain ", 1)[0]
+    return line
 
 
 def fit_warnings(texts: Sequence[str], limit: int = MAX_TOTAL) -> list[str]:

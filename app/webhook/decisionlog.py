@@ -37,16 +37,42 @@ class _Tail:
     json: dict[str, Any]
 
 
+# A line names at most this many images, each at most this long (middle shortened): a
+# tenant's Pod with hundreds of long image names must not write megabyte log lines (or make
+# the cached tails hold them). The annotations on the object still list every container.
+MAX_LOGGED_IMAGES = 20
+MAX_LOGGED_CHARS = 256
+
+
+def _clip(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > MAX_LOGGED_CHARS:
+        half = (MAX_LOGGED_CHARS - 1) // 2
+        return value[:half] + "…" + value[-(MAX_LOGGED_CHARS - 1 - half) :]
+    return value
+
+
+def _small(decision: Decision) -> bool:
+    """Whether the tails cache may keep this decision (it keeps the object alive)."""
+    if len(decision.reports) > MAX_LOGGED_IMAGES:
+        return False
+    chars = sum(len(p.message) for p in decision.problems)
+    chars += sum(len(r.container.image) for r in decision.reports if type(r.container.image) is str)
+    return chars <= 16 * MAX_LOGGED_CHARS
+
+
 def _tail(decision: Decision, outcome: str) -> _Tail:
-    images = [
+    reports = decision.reports
+    images: list[dict[str, Any]] = [
         {
-            "container": r.container.label,
-            "image": r.container.image,
+            "container": _clip(r.container.label),
+            "image": _clip(r.container.image),
             "verdict": r.verdict.verdict.value,
-            "reason": r.verdict.reason,
+            "reason": _clip(r.verdict.reason),
         }
-        for r in decision.reports
+        for r in reports[:MAX_LOGGED_IMAGES]
     ]
+    if len(reports) > MAX_LOGGED_IMAGES:
+        images.append({"more": len(reports) - MAX_LOGGED_IMAGES})
     fields: dict[str, Any] = {
         "mode": decision.mode.value,
         "decision": outcome,
@@ -157,6 +183,8 @@ class DecisionLog:
         if kept is not None and kept[0] is decision and kept[1].fields["decision"] == outcome:
             return kept[1]
         tail = _tail(decision, outcome)
+        if not _small(decision):
+            return tail  # not kept: the cache would hold the whole (tenant-sized) decision
         if len(self._tails) >= _CACHE_SIZE:
             self._tails.clear()
         self._tails[id(decision)] = (decision, tail)

@@ -102,3 +102,15 @@ def test_warnings_fit_the_apiserver_total_and_say_what_was_left_out():
     assert sum(len(t) for t in kept) <= MAX_TOTAL
     assert kept[-1].startswith(f"+{60 - (len(kept) - 1)} more problems not shown")
     assert fit_warnings(texts[:3]) == texts[:3]
+
+
+def test_a_grouped_unknown_with_a_digest_stays_within_the_limit():
+    from app.core.messages import grouped
+
+    ref = parse_image("127.0.0.1:25000/demo/plain@sha256:" + "0" * 64)
+    one = unknown("debug:#0", ref, "image not found in registry", denied=False)
+    assert len(one) <= MAX_WARNING
+    rest = one[len("debug:#0") :]
+    assert len(grouped(["debug:#0", "debug:#1"], rest)) <= MAX_WARNING
+    many = grouped([f"container-with-a-long-name-{i}" for i in range(50)], rest)
+    assert len(many) <= MAX_WARNING and many.startswith("50 containers")
