@@ -18,6 +18,7 @@ import yaml
 
 from app.certs.keeper import ManagedCertSettings
 from app.certs.tls import issue_self_signed
+from app.cli import completion
 from app.cli.check import (
     ManifestError,
     Result,
@@ -295,6 +296,11 @@ def _pools(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _completion(args: argparse.Namespace) -> int:
+    print(completion.script(parser(), args.shell), end="")
+    return EXIT_OK
+
+
 def _certs(args: argparse.Namespace) -> int:
     files = issue_self_signed(args.dir, args.host)
     print(f"ca: {files.ca}\ncert: {files.cert}\nkey: {files.key}")
@@ -489,6 +495,10 @@ def parser() -> argparse.ArgumentParser:
     n.add_argument("--policy", type=Path)
     n.add_argument("--timeout", type=float, default=20.0)
     n.set_defaults(func=_pools)
+
+    comp = sub.add_parser("completion", help="print a shell completion script")
+    comp.add_argument("shell", choices=list(completion.SHELLS))
+    comp.set_defaults(func=_completion)
 
     t = sub.add_parser("certs", help="write a self-signed CA and serving pair")
     t.add_argument("dir", type=Path)
