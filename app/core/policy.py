@@ -180,6 +180,14 @@ class Policy(_Strict):
         """Whether a namespace's `streamgate.io/mode` label replaces the admin's mode."""
         return self.namespace_label.allow_relax or label.strictness >= admin.strictness
 
+    def names_registry(self, registry: str) -> bool:
+        """True when the admin named `registry` exactly: an `acrRegistries` entry without a
+        pattern, or a `registry.registries` key that is a host[:port] (not `*.domain`)."""
+        host = canonical_registry(registry)
+        if any(host == p for p in self.acr_registries if not _GLOB.search(p)):
+            return True
+        return host in self.registry.registries
+
     def may_get_aad(self, registry: str) -> bool:
         """True when `auth: auto` may send the cluster's Azure AD token to `registry`: one of
         ACR's own domains, or listed in acrRegistries by its exact name (not a pattern: a

@@ -50,7 +50,8 @@ Probe = Callable[[], Iterable[tuple[dict[str, str], float]]]
 
 # Label values that come from requests are kept only when they are among the few an apiserver
 # sends (the kinds the chart's rules match) or, for registries, among the first MAX_REGISTRIES
-# seen; the rest count as "other". Anyone who can reach the webhook port can post reviews, and
+# seen (registries the admin named in the policy always keep theirs); the rest count as "other".
+# Anyone who can reach the webhook port can post reviews, and
 # every new label value is a new series kept for the life of the process.
 _KINDS = frozenset(kind for _, kind in KINDS)
 _OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE", "CONNECT"})
@@ -216,9 +217,12 @@ class Metrics(RegistryObserver):
         self._probes = _Probes()
         r.register(self._probes)
         self._registries: set[str] = set()
+        # Registries the admin named in the policy always get their own label: the slots
+        # the others share (first come, first served) can be filled by any tenant's Pods.
+        self.named_registries: Callable[[str], bool] = lambda registry: False
 
     def _registry(self, registry: str) -> str:
-        if registry in self._registries:
+        if registry in self._registries or self.named_registries(registry):
             return registry
         if len(self._registries) < MAX_REGISTRIES:
             self._registries.add(registry)

@@ -254,6 +254,7 @@ async def run_webhook(settings: ServeSettings) -> None:
     policy reload, TLS server. Returns when the server stops."""
     policy = load_policy(settings.policy_path)
     metrics = Metrics()
+    metrics.named_registries = policy.names_registry
     if settings.events and not settings.kube:
         raise SystemExit("streamgate serve: --events needs --kubeconfig (a path or in-cluster)")
     watches = Watches(settings.kube, policy) if settings.kube else None

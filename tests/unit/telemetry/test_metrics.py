@@ -74,3 +74,24 @@ def test_loop_metrics_expose_what_prometheus_client_would():
 
     assert samples(ours) == samples(theirs)
     assert 't_seconds_bucket{e="validate",le="0.0005"} 2.0' in samples(ours)
+
+
+def test_a_tenant_filling_the_registry_slots_cannot_hide_the_admins_registries():
+    from app.core.policy import parse_policy
+    from app.telemetry.metrics import MAX_REGISTRIES, Metrics
+
+    policy = parse_policy({"acrRegistries": ["registry.contoso.com", "*.other.example"]})
+    metrics = Metrics()
+    metrics.named_registries = policy.names_registry
+    for i in range(MAX_REGISTRIES + 10):
+        metrics.on_request(
+            registry=f"r{i}.azurecr.io", endpoint="manifest", status="200", seconds=0.01
+        )
+    metrics.on_request(
+        registry="registry.contoso.com", endpoint="manifest", status="200", seconds=0.01
+    )
+    metrics.on_request(registry="x.other.example", endpoint="manifest", status="200", seconds=0.01)
+    text = generate_latest(metrics.registry).decode()
+    assert 'registry="registry.contoso.com"' in text
+    assert 'registry="x.other.example"' not in text  # a pattern names no one registry
+    assert 'registry="other"' in text
