@@ -75,7 +75,11 @@ class BlockedValuesRule(_Config):
 class OsSkuRule(BlockedValuesRule):
     keys: tuple[str, ...] = (OS_SKU_LABEL,)
     values: Mapping[str, str] = Field(
-        default_factory=lambda: {"AzureLinuxOSGuard": "OS Guard", "Flatcar": "Flatcar"}
+        default_factory=lambda: {
+            "AzureLinuxOSGuard": "OS Guard",
+            "Flatcar": "Flatcar",
+            "AzureContainerLinux": "Azure Container Linux",
+        }
     )
 
 

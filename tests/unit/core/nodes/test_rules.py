@@ -74,6 +74,11 @@ CASES = [
     ),
     ("no-arch-anywhere", with_labels({}, drop=("kubernetes.io/arch",)), YES),
     ("os-guard", with_labels({AKS + "os-sku": "AzureLinuxOSGuard"}), no("OS Guard")),
+    (
+        "azure-container-linux",
+        with_labels({AKS + "os-sku": "AzureContainerLinux"}),
+        no("Azure Container Linux"),
+    ),
     ("flatcar", with_labels({AKS + "os-sku": "Flatcar"}), no("Flatcar")),
     ("azure-linux", with_labels({AKS + "os-sku": "AzureLinux"}), YES),
     (
