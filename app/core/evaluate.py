@@ -231,7 +231,11 @@ def _ordered(problems: list[Problem]) -> tuple[Problem, ...]:
             merged.append(members[0])
             continue
         labels = [m.container or "" for m in members]
-        merged.append(Problem(rule, severity, messages.grouped(labels, rest), members[0].container))
+        line = messages.grouped(labels, rest)
+        if line is None:
+            merged.extend(members)
+        else:
+            merged.append(Problem(rule, severity, line, members[0].container))
     merged.sort(key=lambda p: (_SEVERITY_ORDER[p.severity], _RANK.get(p.rule, 9)))
     return tuple(merged)
 

@@ -198,16 +198,17 @@ def no_pool() -> str:
     return "fits no current node pool (nodeSelector, affinity, tolerations): it will stay Pending"
 
 
-def grouped(labels: Sequence[str], text: str) -> str:
+def grouped(labels: Sequence[str], text: str) -> str | None:
     """One warning for a problem several containers share: `text` without its label, led by
-    how many and which."""
+    how many and which; None when even the shortest form passes MAX_WARNING (each
+    container's own line was fitted to its own label, so those are kept instead)."""
     names = ", ".join(labels[:3]) + (f", +{len(labels) - 3} more" if len(labels) > 3 else "")
     line = f"{len(labels)} containers ({names}){text}"
     if len(line) > MAX_WARNING:
         line = f"{len(labels)} containers{text}"
     if len(line) > MAX_WARNING and "; details: streamgate explain " in line:
         line = line.split("; details: streamgate explain ", 1)[0]
-    return line
+    return line if len(line) <= MAX_WARNING else None
 
 
 def fit_warnings(texts: Sequence[str], limit: int = MAX_TOTAL) -> list[str]:

@@ -421,3 +421,20 @@ def test_no_pool_with_streaming_enabled_is_its_own_warning(mode):
         rules={"noStreamingPools": "deny"},
     )
     assert not denied.allowed
+
+
+@pytest.mark.parametrize("verdict", [NOPE, UNKNOWN, ImageVerdict(Verdict.UNKNOWN, "x" * 200)])
+def test_grouping_never_passes_the_warning_limit_whatever_the_image_length(verdict):
+    # Found by the fuzz test: one container's line fits its short label, the group's longer
+    # "100 containers: " did not. A group that can't fit keeps each container's own line.
+    for length in range(120, 300, 7):
+        image = f"streamgate-no-such-registry.invalid/demo/plain:{'x' * length}"
+        image = f"{ACR}/demo:{'x' * length}" if verdict is NOPE else image
+        d = run(
+            deployment(*[image] * 100),
+            {image: verdict},
+            acrRegistries=["streamgate-no-such-registry.invalid"],
+        )
+        assert d.warnings, length
+        assert all(len(w) <= MAX_WARNING for w in d.warnings), (length, d.warnings)
+        assert sum(len(w) for w in d.warnings) <= MAX_TOTAL
