@@ -508,8 +508,17 @@ def test_events_off_by_default_and_on_with_their_rbac_rule(default):
     assert args.kubeconfig == "in-cluster"
     rules = _rules(one(docs, "ClusterRole"))
     assert ("", "events", ("create", "patch"), ()) in rules
+    # an Event only on an object confirmed to exist: read (get only) the judged kinds
+    reads = {(group, res) for group, res, verbs, _ in rules if verbs == ("get",)}
+    assert reads == {
+        ("", "pods"),
+        ("", "replicationcontrollers"),
+        *{("apps", r) for r in ("deployments", "statefulsets", "daemonsets", "replicasets")},
+        ("batch", "jobs"),
+        ("batch", "cronjobs"),
+    }
     # nothing else was added: events are the only write beyond the certificate rules
-    assert len(rules) == len(_rules(one(default, "ClusterRole"))) + 1
+    assert len(rules) == len(_rules(one(default, "ClusterRole"))) + 1 + len(reads)
 
 
 # ---- policy -----------------------------------------------------------------------------
