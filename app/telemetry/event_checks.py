@@ -27,6 +27,8 @@ from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 UNSUPPORTED: Final = "\x00unsupported"
+_HTTP_OK = 200
+_HTTP_REDIRECT = 300
 _HTTP_NOT_FOUND = 404
 _NAME_MAX = 253
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.")
@@ -86,24 +88,18 @@ class KubeObjects:
         path = object_path(api_version, kind, namespace, name)
         if path is None:
             return UNSUPPORTED
-        try:
-            response = self._api.call_api(
-                path,
-                "GET",
-                header_params={"Accept": _METADATA_ONLY},
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _request_timeout=self._timeout,
-            )
-        except ApiException as err:
-            if err.status == _HTTP_NOT_FOUND:
-                return None
-            raise
-        raw = response[0] if isinstance(response, tuple) else response
-        try:
-            doc = json.loads(raw.data)
-        finally:
-            raw.release_conn()
+        method, url, headers, _, _ = self._api.param_serialize(
+            "GET", path, header_params={"Accept": _METADATA_ONLY}, auth_settings=["BearerToken"]
+        )
+        response = self._api.call_api(
+            method, url, header_params=headers, _request_timeout=self._timeout
+        )
+        response.read()
+        if response.status == _HTTP_NOT_FOUND:
+            return None
+        if not _HTTP_OK <= response.status < _HTTP_REDIRECT:
+            raise ApiException(http_resp=response)
+        doc = json.loads(response.data)
         meta = doc.get("metadata") if isinstance(doc, dict) else None
         uid = meta.get("uid") if isinstance(meta, dict) else None
         return uid if isinstance(uid, str) else None
