@@ -319,11 +319,14 @@ def test_default_objects(default):
             "RoleBinding",
             "Service",
             "ServiceAccount",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
             "ValidatingWebhookConfiguration",
         ]
     )
+    cluster_wide = ("ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy")
     for d in default:
-        if d["kind"] not in ("ClusterRole", "ClusterRoleBinding") and not d["kind"].endswith(
+        if not d["kind"].startswith(cluster_wide) and not d["kind"].endswith(
             "WebhookConfiguration"
         ):
             assert d["metadata"]["namespace"] == NAMESPACE, d["kind"]
@@ -519,6 +522,41 @@ def test_events_off_by_default_and_on_with_their_rbac_rule(default):
     }
     # nothing else was added: events are the only write beyond the certificate rules
     assert len(rules) == len(_rules(one(default, "ClusterRole"))) + 1 + len(reads)
+
+
+def test_ca_bundle_only_policy_with_self_managed_certificates_on_1_30_and_later():
+    docs = render({}, "--kube-version", "1.34.0")
+    policy = one(docs, "ValidatingAdmissionPolicy")
+    binding = one(docs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"] == {
+        "policyName": policy["metadata"]["name"],
+        "validationActions": ["Deny"],
+    }
+    (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert rule["resourceNames"] == [f"{RELEASE}-streamgate"]
+    assert rule["operations"] == ["UPDATE", "DELETE"]
+    (cond,) = policy["spec"]["matchConditions"]
+    sa = f"system:serviceaccount:{NAMESPACE}:{RELEASE}-streamgate"
+    assert cond["expression"] == f'request.userInfo.username == "{sa}"'
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    kept = next(v for v in policy["spec"]["variables"] if v["name"] == "webhooksKept")
+    for field in (
+        "rules",
+        "failurePolicy",
+        "namespaceSelector",
+        "objectSelector",
+        "matchConditions",
+        "clientConfig.service",
+        "clientConfig.url",
+    ):
+        assert f"w.{field} == o.{field}" in kept["expression"], field
+    assert "caBundle" not in kept["expression"]
+    for values, version in (
+        ({}, "1.29.0"),  # no ValidatingAdmissionPolicy v1 yet
+        ({"certificates": {"selfManaged": {"caBundleOnlyPolicy": False}}}, "1.34.0"),
+        ({"certificates": {"mode": "cert-manager"}}, "1.34.0"),  # no patch rights to narrow
+    ):
+        assert "ValidatingAdmissionPolicy" not in kinds(render(values, "--kube-version", version))
 
 
 # ---- policy -----------------------------------------------------------------------------
