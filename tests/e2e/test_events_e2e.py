@@ -286,6 +286,10 @@ def _post_review(hook: EventsWebhook, request: dict) -> dict:
         return json.loads(r.read())["response"]
 
 
+def _with_image(obj: dict, image: str) -> dict:
+    return {**obj, "spec": {"containers": [{"name": "app", "image": image}]}}
+
+
 def _forged(ns: str, name: str, uid: str, *, op: str, image: str, owner: dict | None = None):
     meta: dict = {"name": name, "namespace": ns, "uid": uid}
     if owner:
@@ -304,7 +308,8 @@ def _forged(ns: str, name: str, uid: str, *, op: str, image: str, owner: dict | 
         "namespace": ns,
         "name": name,
         "object": obj,
-        "oldObject": obj if op == "UPDATE" else None,
+        # an UPDATE that changes the image (an unchanged one is skipped)
+        "oldObject": _with_image(obj, PLAIN) if op == "UPDATE" else None,
         "userInfo": {"username": "system:serviceaccount:tenant:attacker"},
         "dryRun": False,
     }
