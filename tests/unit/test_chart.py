@@ -314,6 +314,7 @@ def test_default_objects(default):
             "ConfigMap",
             "Deployment",
             "MutatingWebhookConfiguration",
+            "NetworkPolicy",
             "PodDisruptionBudget",
             "Role",
             "RoleBinding",
@@ -696,9 +697,9 @@ def test_lint_refuses_bad_values_too():
 def test_network_policy_and_service_monitor():
     docs = render(MODES["everything-on"])
     netpol = one(docs, "NetworkPolicy")
-    assert netpol["spec"]["ingress"] == [
-        {"ports": [{"port": "https", "protocol": "TCP"}]},
-        {"ports": [{"port": "metrics", "protocol": "TCP"}]},
+    assert [r["ports"] for r in netpol["spec"]["ingress"]] == [
+        [{"port": "https", "protocol": "TCP"}],
+        [{"port": "metrics", "protocol": "TCP"}],
     ]
     egress_ports = {p["port"] for rule in netpol["spec"]["egress"] for p in rule["ports"]}
     assert egress_ports == {53, 443}
@@ -706,6 +707,49 @@ def test_network_policy_and_service_monitor():
     (endpoint,) = monitor["spec"]["endpoints"]
     # /metrics is plain HTTP on its own port: the webhook port serves only admission.
     assert endpoint == {"port": "metrics", "path": "/metrics", "scheme": "http", "interval": "30s"}
+
+
+KONNECTIVITY = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+    "podSelector": {"matchLabels": {"app": "konnectivity-agent"}},
+}
+
+
+def test_network_policy_on_by_default_and_open_only_to_the_apiserver_on_aks(default):
+    netpol = one(default, "NetworkPolicy")
+    webhook, metrics = netpol["spec"]["ingress"]
+    # AKS without API Server VNet Integration: the apiserver's calls come through the
+    # konnectivity agent's pods in kube-system; no other pod may post reviews
+    assert webhook == {"ports": [{"port": "https", "protocol": "TCP"}], "from": [KONNECTIVITY]}
+    monitoring = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    }
+    assert metrics == {"ports": [{"port": "metrics", "protocol": "TCP"}], "from": [monitoring]}
+
+
+def test_network_policy_for_api_server_vnet_integration_and_own_peers():
+    extra = {"podSelector": {"matchLabels": {"probe": "yes"}}}
+    scraper = {"namespaceSelector": {"matchLabels": {"team": "obs"}}}
+    docs = render(
+        {
+            "networkPolicy": {
+                "apiserver": {"konnectivity": {"enabled": False}, "cidrs": ["10.225.0.0/28"]},
+                "ingressFrom": [extra],
+                "metricsFrom": [scraper],
+            }
+        }
+    )
+    webhook, metrics = one(docs, "NetworkPolicy")["spec"]["ingress"]
+    assert webhook["from"] == [{"ipBlock": {"cidr": "10.225.0.0/28"}}, extra]
+    assert metrics["from"] == [scraper]
+    assert "NetworkPolicy" not in kinds(render({"networkPolicy": {"enabled": False}}))
+
+
+def test_network_policy_that_admits_nobody_is_refused():
+    err = render_error({"networkPolicy": {"apiserver": {"konnectivity": {"enabled": False}}}})
+    assert "nothing may reach the webhook port" in err
+    assert "networkPolicy.apiserver.cidrs" in err
+    assert "cidrs" in render_error({"networkPolicy": {"apiserver": {"cidrs": ["10.0.0.1"]}}})
 
 
 def test_values_schema_covers_every_value():
