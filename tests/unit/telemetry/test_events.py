@@ -415,14 +415,14 @@ async def test_confirmations_are_cached_and_unknown_kinds_never_confirmed() -> N
     for _ in range(3):
         rec.send(PendingEvent(web, REASON_WARNING, "m", 1))
     assert objects.asked == []  # within the ttl: no GET
-    from app.telemetry.event_checks import KubeObjects, object_path
+    from app.telemetry.event_checks import UNSUPPORTED, KubeObjects, object_path
 
     assert object_path("example.com/v1", "Rollout", "shop", "r") is None
     assert object_path("v1", "Pod", "shop", "../../secrets") is None
     assert object_path("apps/v1", "ReplicaSet", "shop", "web-5d4") == (
         "/apis/apps/v1/namespaces/shop/replicasets/web-5d4"
     )
-    assert KubeObjects(None).uid_of("example.com/v1", "Rollout", "shop", "r") != "u"
+    assert KubeObjects(None).uid_of("example.com/v1", "Rollout", "shop", "r") == UNSUPPORTED
 
 
 def test_each_namespace_has_a_token_bucket_spent_only_by_confirmed_events() -> None:
