@@ -13,9 +13,16 @@ Events with the kubernetes client (core/v1 Events, what `kubectl describe` reads
   apiserver sets `metadata.uid` before validating admission, so it is the stored object's).
   A denied CREATE leaves no object behind: the Event goes on the object's controller
   (`ownerReferences` with `controller: true`, e.g. the ReplicaSet of a pod), where
-  `kubectl describe` shows it next to the controller's own FailedCreate; an object without a
-  controller is named without a uid, so `kubectl get events --field-selector
-  involvedObject.name=<name>` finds it (there is nothing to `describe`).
+  `kubectl describe` shows it next to the controller's own FailedCreate; a denied object
+  without a controller gets none (the denial went to whoever created it, and there is
+  nothing to confirm, below).
+- Only on objects that exist (app/telemetry/event_checks.py): anyone who reaches the port
+  can post a review, so before sending, the sender reads the named object (metadata only)
+  and sends only when it exists with the review's uid. An allowed CREATE is stored only
+  after validating admission: its Event waits, re-checked after each of `confirm_delays`,
+  and is dropped when the object never appears (`unconfirmed`). Confirmations are cached
+  briefly. Each namespace then has a token bucket (`namespace_burst` Events, refilled at
+  `namespace_rate` a second; `namespace-limited` when empty), spent only by confirmed Events.
 - Rate limit: per object (namespace, kind, name, uid) and reason, at most one Event per
   `interval` seconds (5 minutes by default); repeats in between are counted and the next
   Event carries them in `count`. A repeat within `series_seconds` of the first Event patches
@@ -23,13 +30,16 @@ Events with the kubernetes client (core/v1 Events, what `kubectl describe` reads
   describe` shows "(x4 over 20m)"; when that Event is gone (the apiserver's event TTL) a new
   one is made.
 - A full queue drops the Event. Every outcome is counted through `on_result`:
-  sent, failed, dropped, rate-limited (`streamgate_kubernetes_events_total{result}`).
+  sent, failed, dropped, rate-limited, unconfirmed, namespace-limited
+  (`streamgate_kubernetes_events_total{result}`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import heapq
+import itertools
 import logging
 import os
 import queue
@@ -42,6 +52,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from app.core.evaluate import Decision, Severity
+from app.telemetry.event_checks import UNSUPPORTED, Confirmations, NamespaceBuckets, ObjectsApi
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +87,8 @@ DEFAULT_INTERVAL = 300.0
 # Events live an hour in the apiserver by default (--event-ttl); patch only well within it.
 DEFAULT_SERIES = 45 * 60.0
 DEFAULT_QUEUE = 1000
+# An allowed CREATE's object is stored after admission: look again after these waits (~15s).
+DEFAULT_CONFIRM_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 MAX_KEYS = 10000
 _NAME_MAX = 253
 _HTTP_NOT_FOUND = 404
@@ -153,6 +166,7 @@ class PendingEvent:
     reason: str
     message: str
     count: int
+    awaiting: bool = False  # an allowed CREATE: the object may not be stored yet
 
     @property
     def key(self) -> tuple[str, str, str, str, str]:
@@ -193,9 +207,7 @@ def involved_object(req: AdmissionRequest, *, denied: bool) -> ObjectRef | None:
                     name=_str(ref.get("name")),
                     uid=_str(ref.get("uid")),
                 )
-        if not name:
-            return None
-        return ObjectRef(_api_version(req, obj), req.kind, req.namespace, name)
+        return None  # never stored, no controller: nothing to confirm it by
     if not name:
         return None
     uid = _str(meta.get("uid"))
@@ -223,7 +235,9 @@ def event_for(req: AdmissionRequest, decision: Decision) -> PendingEvent | None:
     if len(text) > MAX_MESSAGE:
         text = text[: MAX_MESSAGE - 1] + "…"
     reason = REASON_DENIED if denied else REASON_WARNING
-    return PendingEvent(involved, reason, text, 1)
+    return PendingEvent(
+        involved, reason, text, 1, awaiting=req.operation == "CREATE" and not denied
+    )
 
 
 @dataclass(slots=True)
@@ -259,6 +273,7 @@ class EventRecorder:
         self,
         api: EventsApi,
         *,
+        objects: ObjectsApi,
         interval: float = DEFAULT_INTERVAL,
         series_seconds: float = DEFAULT_SERIES,
         queue_size: int = DEFAULT_QUEUE,
@@ -267,8 +282,22 @@ class EventRecorder:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], dt.datetime] = _utc_now,
         max_keys: int = MAX_KEYS,
+        confirm_delays: tuple[float, ...] = DEFAULT_CONFIRM_DELAYS,
+        confirm_ttl: float = 30.0,
+        namespace_rate: float = 0.2,
+        namespace_burst: float = 30.0,
     ) -> None:
         self.api = api
+        self.objects = objects
+        self._confirm_delays = confirm_delays
+        self._confirmations = Confirmations(ttl=confirm_ttl, max_keys=max_keys, clock=clock)
+        self._buckets = NamespaceBuckets(
+            rate=namespace_rate, burst=namespace_burst, max_keys=max_keys, clock=clock
+        )
+        # events waiting for their object (sender only): (due, seq, attempts made, event)
+        self._deferred: list[tuple[float, int, int, PendingEvent]] = []
+        self._max_deferred = queue_size
+        self._seq = itertools.count()
         self.interval = interval
         self.series_seconds = series_seconds
         self.on_result = on_result
@@ -304,7 +333,9 @@ class EventRecorder:
             self._due.popitem(last=False)
         try:
             self._idle.clear()
-            self._queue.put_nowait(PendingEvent(event.involved, event.reason, event.message, count))
+            self._queue.put_nowait(
+                PendingEvent(event.involved, event.reason, event.message, count, event.awaiting)
+            )
         except queue.Full:
             self.on_result("dropped")
             logger.warning("event queue full: dropped %s on %s", event.reason, key[:3])
@@ -328,16 +359,24 @@ class EventRecorder:
         """Waits until everything queued so far was sent (tests, shutdown)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._queue.empty() and self._idle.wait(0.05):
+            if self._quiet() and self._idle.wait(0.05):
                 return True
-        return self._queue.empty() and self._idle.is_set()
+        return self._quiet() and self._idle.is_set()
+
+    def _quiet(self) -> bool:
+        return self._queue.empty() and not self._deferred
 
     def _run(self) -> None:
         while True:
+            self._send_due()
+            wait = 0.2
+            if self._deferred:
+                wait = min(wait, max(0.0, self._deferred[0][0] - time.monotonic()))
             try:
-                event = self._queue.get(timeout=0.2)
+                event = self._queue.get(timeout=wait)
             except queue.Empty:
-                self._idle.set()
+                if self._quiet():
+                    self._idle.set()
                 if self._stop.is_set():
                     return
                 continue
@@ -345,25 +384,77 @@ class EventRecorder:
                 self.send(event)
             finally:
                 self._queue.task_done()
-                if self._queue.empty():
+                if self._quiet():
                     self._idle.set()
 
-    def send(self, event: PendingEvent) -> None:
-        """Create the Event, or patch the one already made for this object and reason."""
+    def _send_due(self) -> None:
+        now = time.monotonic()
+        while self._deferred and self._deferred[0][0] <= now:
+            _, _, attempts, event = heapq.heappop(self._deferred)
+            self.send(event, attempts=attempts)
+        if self._quiet():
+            self._idle.set()
+
+    def send(self, event: PendingEvent, *, attempts: int = 0) -> None:
+        """Confirm the object, then create the Event or patch the one already made for this
+        object and reason."""
         try:
-            self._send(event)
+            confirmed = self._confirmed(event.involved)
         except Exception as err:
-            self.on_result("failed")
-            logger.warning(
-                "event %s on %s %s/%s not sent: %s",
+            self._failed(event, err)
+            return
+        waits = confirmed is None and event.awaiting and attempts < len(self._confirm_delays)
+        if waits and len(self._deferred) < self._max_deferred:
+            due = time.monotonic() + self._confirm_delays[attempts]
+            heapq.heappush(self._deferred, (due, next(self._seq), attempts + 1, event))
+            return
+        if not confirmed:
+            self.on_result("unconfirmed")
+            logger.info(
+                "event %s on %s %s/%s not sent: no such object with uid %r",
                 event.reason,
                 event.involved.kind,
                 event.involved.namespace,
                 event.involved.name,
-                _short_error(err),
+                event.involved.uid,
             )
             return
+        if not self._buckets.take(event.involved.namespace):
+            self.on_result("namespace-limited")
+            return
+        try:
+            self._send(event)
+        except Exception as err:
+            self._failed(event, err)
+            return
         self.on_result("sent")
+
+    def _failed(self, event: PendingEvent, err: Exception) -> None:
+        self.on_result("failed")
+        logger.warning(
+            "event %s on %s %s/%s not sent: %s",
+            event.reason,
+            event.involved.kind,
+            event.involved.namespace,
+            event.involved.name,
+            _short_error(err),
+        )
+
+    def _confirmed(self, ref: ObjectRef) -> bool | None:
+        """True: the object exists with that uid; None: not (yet); False: never will
+        (no uid, or a kind streamgate doesn't read)."""
+        if not ref.uid:
+            return False
+        key = (ref.namespace, ref.api_version, ref.kind, ref.name, ref.uid)
+        if self._confirmations.known(key):
+            return True
+        uid = self.objects.uid_of(ref.api_version, ref.kind, ref.namespace, ref.name)
+        if uid == UNSUPPORTED:
+            return False
+        if uid != ref.uid:
+            return None
+        self._confirmations.add(key)
+        return True
 
     def _send(self, event: PendingEvent) -> None:
         key = event.key

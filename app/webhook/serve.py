@@ -22,6 +22,7 @@ from app.core.policy import Policy
 from app.core.pools import NoInventory, PlacementSource
 from app.core.verdicts import VerdictSource
 from app.registry.source import RegistryVerdictSource
+from app.telemetry.event_checks import KubeObjects
 from app.telemetry.events import DEFAULT_INTERVAL, EventRecorder, KubeEventsApi
 from app.telemetry.metrics import Metrics, serve_metrics
 from app.webhook.admission import (
@@ -299,8 +300,10 @@ async def run_webhook(settings: ServeSettings) -> None:
     recorder = None
     if settings.events and settings.kube:
         kube = settings.kube
+        events_client = api_client_from_config(None if kube == IN_CLUSTER else kube)
         recorder = EventRecorder(
-            KubeEventsApi(api_client_from_config(None if kube == IN_CLUSTER else kube)),
+            KubeEventsApi(events_client),
+            objects=KubeObjects(events_client),
             interval=settings.event_interval,
             on_result=metrics.on_event,
         )

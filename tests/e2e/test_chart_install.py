@@ -505,6 +505,91 @@ def test_url_mode_routes_admissions_to_a_local_webhook(
         kubectl("delete", "namespace", f"{name}-home", target, "--wait=false", check=False)
 
 
+# ---- the ValidatingAdmissionPolicy: caBundle only -----------------------------------------
+
+
+def test_service_account_may_change_only_ca_bundle(release: Release, kubectl: Any) -> None:
+    """RBAC gives the webhook `patch` on its two configurations; the chart's
+    ValidatingAdmissionPolicy narrows that to `caBundle`. Every attempt is a server-side dry
+    run: admission (the policy included) runs in full, nothing is stored."""
+    sa, full = release.service_account, release.fullname
+
+    def patch_as(kind: str, ops: list[dict[str, Any]], *extra: str) -> Any:
+        return kubectl(
+            "patch",
+            kind,
+            full,
+            "--type=json",
+            "-p",
+            json.dumps(ops),
+            "--dry-run=server",
+            f"--as={sa}",
+            *extra,
+            check=False,
+        )
+
+    label = [{"op": "add", "path": "/metadata/labels/probe", "value": "x"}]
+    # a new policy takes effect within seconds (the apiserver's policy informer)
+    eventually(
+        lambda: patch_as("validatingwebhookconfiguration", label).returncode != 0,
+        timeout=60,
+        what="the caBundle-only policy to take effect",
+    )
+    refused = patch_as("validatingwebhookconfiguration", label)
+    assert "ValidatingAdmissionPolicy" in refused.stderr
+    assert f"{full}: its service account may only change caBundle here" in refused.stderr
+
+    other_ca = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nnot-checked\n").decode()
+    for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
+        ok = patch_as(
+            kind,
+            [{"op": "replace", "path": "/webhooks/0/clientConfig/caBundle", "value": other_ca}],
+        )
+        assert ok.returncode == 0, ok.stderr
+        for path, value in (
+            ("/webhooks/0/failurePolicy", "Fail"),  # the chart's default is Ignore
+            ("/webhooks/0/namespaceSelector", {}),
+            ("/webhooks/0/rules", []),
+            ("/webhooks/0/timeoutSeconds", 30),
+            ("/webhooks/0/clientConfig/service/name", "attacker"),
+        ):
+            out = patch_as(kind, [{"op": "replace", "path": path, "value": value}])
+            assert out.returncode != 0, (kind, path)
+            assert "may only change webhooks[*].clientConfig.caBundle" in out.stderr, out.stderr
+        # caBundle together with anything else is refused as a whole
+        both = [
+            {"op": "replace", "path": "/webhooks/0/clientConfig/caBundle", "value": other_ca},
+            {"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Fail"},
+        ]
+        assert patch_as(kind, both).returncode != 0
+        # delete: RBAC already refuses it; with RBAC out of the way (the same user in
+        # system:masters) the policy still does
+        out = kubectl("delete", kind, full, "--dry-run=server", f"--as={sa}", check=False)
+        assert out.returncode != 0 and "forbidden" in out.stderr.lower()
+        out = kubectl(
+            "delete",
+            kind,
+            full,
+            "--dry-run=server",
+            f"--as={sa}",
+            "--as-group=system:masters",
+            check=False,
+        )
+        assert out.returncode != 0 and "not delete the configuration" in out.stderr, out.stderr
+    # anyone else (helm, the admin) is not matched
+    admin = kubectl(
+        "patch",
+        "validatingwebhookconfiguration",
+        full,
+        "--type=json",
+        "-p",
+        json.dumps(label),
+        "--dry-run=server",
+        check=False,
+    )
+    assert admin.returncode == 0, admin.stderr
+
+
 # ---- uninstall (last: it removes the module's release) ------------------------------------
 
 
@@ -526,3 +611,6 @@ def test_uninstall_leaves_no_webhook_configuration_and_no_secret(
     )
     for kind in ("clusterrole", "clusterrolebinding"):
         assert kubectl("get", kind, release.fullname, check=False).returncode != 0, kind
+    for kind in ("validatingadmissionpolicy", "validatingadmissionpolicybinding"):
+        name = f"{release.fullname}-cabundle-only"
+        assert kubectl("get", kind, name, check=False).returncode != 0, kind

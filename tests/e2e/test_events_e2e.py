@@ -38,6 +38,8 @@ class EventsWebhook:
     enforce: str
     metrics_url: str
     log: Path
+    url: str = ""  # the webhook's own port, reachable without the apiserver
+    ca: Path = Path()
 
 
 def _wait_ready(url: str, ca: Path, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -101,6 +103,7 @@ def events_webhook(
     port, metrics_port = free_port(), free_port()
     hook.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     hook.log = state / "streamgate.log"
+    hook.url, hook.ca = f"https://127.0.0.1:{port}", state / "certs" / "ca.crt"
     with open(hook.log, "wb") as log:
         proc = subprocess.Popen(
             [
@@ -255,14 +258,109 @@ def test_events_are_rate_limited_and_repeats_counted(events_webhook, kubectl):
     assert scrape(events_webhook.metrics_url, "sent") >= 2
 
 
-def test_a_denied_create_is_recorded_by_name(events_webhook, kubectl):
+def test_a_denied_create_without_controller_makes_no_event(events_webhook, kubectl):
+    # never stored and no controller: nothing to confirm an Event by (a forged review could
+    # name any object); the denial went to whoever created it
     ns, name = events_webhook.enforce, f"plain-{uuid.uuid4().hex[:5]}"
     out = kubectl("apply", "-f", "-", stdin=pod(name, ns), check=False)
     assert out.returncode != 0 and "denied the request" in out.stderr
-    (event,) = wait_for_events(kubectl, ns, name, "StreamingDenied")
-    assert event["involvedObject"]["kind"] == "Pod"
-    assert "uid" not in event["involvedObject"]  # the object was never stored
-    assert "has no streaming artifact" in event["message"]
+    probe = f"after-{uuid.uuid4().hex[:5]}"  # a real one after it, to know the queue moved on
+    kubectl("apply", "-f", "-", stdin=pod(probe, events_webhook.warn))
+    wait_for_events(kubectl, events_webhook.warn, probe, "StreamingWarning")
+    assert events(kubectl, ns, name) == []
+
+
+def _post_review(hook: EventsWebhook, request: dict) -> dict:
+    """A review sent straight to the webhook's port, as any pod that reaches it could."""
+    import ssl
+
+    review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
+    req = urllib.request.Request(
+        f"{hook.url}/validate",
+        data=json.dumps(review).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    context = ssl.create_default_context(cafile=str(hook.ca))
+    with urllib.request.urlopen(req, context=context, timeout=10) as r:
+        return json.loads(r.read())["response"]
+
+
+def _with_image(obj: dict, image: str) -> dict:
+    return {**obj, "spec": {"containers": [{"name": "app", "image": image}]}}
+
+
+def _forged(ns: str, name: str, uid: str, *, op: str, image: str, owner: dict | None = None):
+    meta: dict = {"name": name, "namespace": ns, "uid": uid}
+    if owner:
+        meta["ownerReferences"] = [owner]
+    obj = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {"containers": [{"name": "app", "image": image}]},
+    }
+    return {
+        "uid": str(uuid.uuid4()),
+        "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "resource": {"group": "", "version": "v1", "resource": "pods"},
+        "operation": op,
+        "namespace": ns,
+        "name": name,
+        "object": obj,
+        # an UPDATE that changes the image (an unchanged one is skipped)
+        "oldObject": _with_image(obj, PLAIN) if op == "UPDATE" else None,
+        "userInfo": {"username": "system:serviceaccount:tenant:attacker"},
+        "dryRun": False,
+    }
+
+
+def test_a_forged_review_plants_no_event_on_another_namespaces_object(events_webhook, kubectl):
+    # the attacker is any pod that reaches the port; its targets are these two namespaces
+    hook = events_webhook
+    victim = f"victim-{uuid.uuid4().hex[:5]}"
+    marker = f"{REGISTRY}/call-helpdesk-{uuid.uuid4().hex[:6]}/now:v1"  # the attacker's text
+    kubectl("apply", "-f", "-", stdin=pod(victim, hook.warn))  # a real Pod, known by name
+    real_uid = kubectl.json("get", "pod", victim, "-n", hook.warn)["metadata"]["uid"]
+    unconfirmed = scrape(hook.metrics_url, "unconfirmed")
+    forged = [
+        # an UPDATE of the real Pod with a guessed uid
+        _forged(hook.warn, victim, str(uuid.uuid4()), op="UPDATE", image=marker),
+        # an (allowed) CREATE of a Pod that will never be stored
+        _forged(
+            hook.warn, f"ghost-{uuid.uuid4().hex[:5]}", str(uuid.uuid4()), op="CREATE", image=marker
+        ),
+        # a denied CREATE claiming a controller that doesn't exist (the victim's name)
+        _forged(
+            hook.enforce,
+            f"owned-{uuid.uuid4().hex[:5]}",
+            str(uuid.uuid4()),
+            op="CREATE",
+            image=marker,
+            owner={
+                "apiVersion": "apps/v1",
+                "kind": "ReplicaSet",
+                "name": victim,
+                "uid": str(uuid.uuid4()),
+                "controller": True,
+            },
+        ),
+    ]
+    for request in forged:
+        answer = _post_review(hook, request)
+        assert answer["uid"] == request["uid"]  # answered: the port takes anyone's review
+    # the recorder gives each one up (the CREATE after waiting ~15s for its object)
+    deadline = time.monotonic() + 60
+    while scrape(hook.metrics_url, "unconfirmed") < unconfirmed + 3:
+        assert time.monotonic() < deadline, hook.log.read_text()[-3000:]
+        time.sleep(0.5)
+    for namespace in (hook.warn, hook.enforce):
+        planted = kubectl.json("get", "events", "-n", namespace)["items"]
+        assert [e for e in planted if "call-helpdesk" in e.get("message", "")] == []
+    # the real Pod's own Event is there, on its real uid
+    (event,) = wait_for_events(kubectl, hook.warn, victim, "StreamingWarning")
+    assert event["involvedObject"]["uid"] == real_uid
+    assert "call-helpdesk" not in event["message"]
 
 
 def test_dry_runs_make_no_event(events_webhook, kubectl):

@@ -374,6 +374,7 @@ WHEN = {
     "app.cluster.namespaces": "always",
     "app.certs.keeper": "self-managed",  # --manage-certs
     "app.telemetry.events": "events",  # --events
+    "app.telemetry.event_checks": "events",
 }
 _VERBS = {
     "list": "list",
@@ -467,6 +468,12 @@ def code_rules() -> dict[str, set[tuple[str, str, str]]]:
             rules.add((group, resource, verb))
             if node.attr in watched:
                 rules.add((group, resource, "watch"))
+        if module == "app.telemetry.event_checks":
+            # metadata-only GETs by path (no typed client method): the kinds in its table
+            from app.telemetry.event_checks import RESOURCES
+
+            assert "param_serialize" in path.read_text()
+            rules |= {(group, resource, "get") for (group, _), resource in RESOURCES.items()}
         if rules:
             assert module in WHEN, (
                 f"{module} calls the API ({sorted(rules)}): say which flag runs it"

@@ -314,16 +314,20 @@ def test_default_objects(default):
             "ConfigMap",
             "Deployment",
             "MutatingWebhookConfiguration",
+            "NetworkPolicy",
             "PodDisruptionBudget",
             "Role",
             "RoleBinding",
             "Service",
             "ServiceAccount",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
             "ValidatingWebhookConfiguration",
         ]
     )
+    cluster_wide = ("ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy")
     for d in default:
-        if d["kind"] not in ("ClusterRole", "ClusterRoleBinding") and not d["kind"].endswith(
+        if not d["kind"].startswith(cluster_wide) and not d["kind"].endswith(
             "WebhookConfiguration"
         ):
             assert d["metadata"]["namespace"] == NAMESPACE, d["kind"]
@@ -508,8 +512,52 @@ def test_events_off_by_default_and_on_with_their_rbac_rule(default):
     assert args.kubeconfig == "in-cluster"
     rules = _rules(one(docs, "ClusterRole"))
     assert ("", "events", ("create", "patch"), ()) in rules
+    # an Event only on an object confirmed to exist: read (get only) the judged kinds
+    reads = {(group, res) for group, res, verbs, _ in rules if verbs == ("get",)}
+    assert reads == {
+        ("", "pods"),
+        ("", "replicationcontrollers"),
+        *{("apps", r) for r in ("deployments", "statefulsets", "daemonsets", "replicasets")},
+        ("batch", "jobs"),
+        ("batch", "cronjobs"),
+    }
     # nothing else was added: events are the only write beyond the certificate rules
-    assert len(rules) == len(_rules(one(default, "ClusterRole"))) + 1
+    assert len(rules) == len(_rules(one(default, "ClusterRole"))) + 1 + len(reads)
+
+
+def test_ca_bundle_only_policy_with_self_managed_certificates_on_1_30_and_later():
+    docs = render({}, "--kube-version", "1.34.0")
+    policy = one(docs, "ValidatingAdmissionPolicy")
+    binding = one(docs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"] == {
+        "policyName": policy["metadata"]["name"],
+        "validationActions": ["Deny"],
+    }
+    (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert rule["resourceNames"] == [f"{RELEASE}-streamgate"]
+    assert rule["operations"] == ["UPDATE", "DELETE"]
+    (cond,) = policy["spec"]["matchConditions"]
+    sa = f"system:serviceaccount:{NAMESPACE}:{RELEASE}-streamgate"
+    assert cond["expression"] == f'request.userInfo.username == "{sa}"'
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    kept = next(v for v in policy["spec"]["variables"] if v["name"] == "webhooksKept")
+    for field in (
+        "rules",
+        "failurePolicy",
+        "namespaceSelector",
+        "objectSelector",
+        "matchConditions",
+        "clientConfig.service",
+        "clientConfig.url",
+    ):
+        assert f"w.{field} == o.{field}" in kept["expression"], field
+    assert "caBundle" not in kept["expression"]
+    for values, version in (
+        ({}, "1.29.0"),  # no ValidatingAdmissionPolicy v1 yet
+        ({"certificates": {"selfManaged": {"caBundleOnlyPolicy": False}}}, "1.34.0"),
+        ({"certificates": {"mode": "cert-manager"}}, "1.34.0"),  # no patch rights to narrow
+    ):
+        assert "ValidatingAdmissionPolicy" not in kinds(render(values, "--kube-version", version))
 
 
 # ---- policy -----------------------------------------------------------------------------
@@ -649,9 +697,9 @@ def test_lint_refuses_bad_values_too():
 def test_network_policy_and_service_monitor():
     docs = render(MODES["everything-on"])
     netpol = one(docs, "NetworkPolicy")
-    assert netpol["spec"]["ingress"] == [
-        {"ports": [{"port": "https", "protocol": "TCP"}]},
-        {"ports": [{"port": "metrics", "protocol": "TCP"}]},
+    assert [r["ports"] for r in netpol["spec"]["ingress"]] == [
+        [{"port": "https", "protocol": "TCP"}],
+        [{"port": "metrics", "protocol": "TCP"}],
     ]
     egress_ports = {p["port"] for rule in netpol["spec"]["egress"] for p in rule["ports"]}
     assert egress_ports == {53, 443}
@@ -659,6 +707,49 @@ def test_network_policy_and_service_monitor():
     (endpoint,) = monitor["spec"]["endpoints"]
     # /metrics is plain HTTP on its own port: the webhook port serves only admission.
     assert endpoint == {"port": "metrics", "path": "/metrics", "scheme": "http", "interval": "30s"}
+
+
+KONNECTIVITY = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+    "podSelector": {"matchLabels": {"app": "konnectivity-agent"}},
+}
+
+
+def test_network_policy_on_by_default_and_open_only_to_the_apiserver_on_aks(default):
+    netpol = one(default, "NetworkPolicy")
+    webhook, metrics = netpol["spec"]["ingress"]
+    # AKS without API Server VNet Integration: the apiserver's calls come through the
+    # konnectivity agent's pods in kube-system; no other pod may post reviews
+    assert webhook == {"ports": [{"port": "https", "protocol": "TCP"}], "from": [KONNECTIVITY]}
+    monitoring = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    }
+    assert metrics == {"ports": [{"port": "metrics", "protocol": "TCP"}], "from": [monitoring]}
+
+
+def test_network_policy_for_api_server_vnet_integration_and_own_peers():
+    extra = {"podSelector": {"matchLabels": {"probe": "yes"}}}
+    scraper = {"namespaceSelector": {"matchLabels": {"team": "obs"}}}
+    docs = render(
+        {
+            "networkPolicy": {
+                "apiserver": {"konnectivity": {"enabled": False}, "cidrs": ["10.225.0.0/28"]},
+                "ingressFrom": [extra],
+                "metricsFrom": [scraper],
+            }
+        }
+    )
+    webhook, metrics = one(docs, "NetworkPolicy")["spec"]["ingress"]
+    assert webhook["from"] == [{"ipBlock": {"cidr": "10.225.0.0/28"}}, extra]
+    assert metrics["from"] == [scraper]
+    assert "NetworkPolicy" not in kinds(render({"networkPolicy": {"enabled": False}}))
+
+
+def test_network_policy_that_admits_nobody_is_refused():
+    err = render_error({"networkPolicy": {"apiserver": {"konnectivity": {"enabled": False}}}})
+    assert "nothing may reach the webhook port" in err
+    assert "networkPolicy.apiserver.cidrs" in err
+    assert "cidrs" in render_error({"networkPolicy": {"apiserver": {"cidrs": ["10.0.0.1"]}}})
 
 
 def test_values_schema_covers_every_value():

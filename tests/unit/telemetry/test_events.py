@@ -4,6 +4,7 @@ and the admission hook. Against the real apiserver: tests/e2e/test_events_e2e.py
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
 import time
@@ -135,12 +136,11 @@ async def test_denied_create_goes_on_the_controller() -> None:
     )
 
 
-async def test_denied_create_without_controller_names_the_object_without_uid() -> None:
+async def test_denied_create_without_controller_makes_no_event() -> None:
+    # never stored, no controller: nothing an Event could be confirmed by (a forger could
+    # name any object); the denial itself went to whoever created it
     req = request(pod(PLAIN))
-    event = event_for(req, await decided(req, mode="enforce"))
-    assert event is not None and event.reason == REASON_DENIED
-    assert event.involved.name == "web" and event.involved.uid == ""
-    assert "uid" not in event.involved.as_dict()
+    assert event_for(req, await decided(req, mode="enforce")) is None
 
 
 async def test_denied_update_keeps_the_uid_of_the_stored_object() -> None:
@@ -153,18 +153,18 @@ async def test_denied_update_keeps_the_uid_of_the_stored_object() -> None:
 
 async def test_denials_come_first_and_the_message_is_bounded() -> None:
     images = [f"{ACR}/plain{i}:v1" for i in range(20)]
-    obj = pod(images[0])
+    obj = pod(images[0], owner=True)  # denied: the Event goes on the controller
     obj["spec"]["containers"] = [{"name": f"c{i}", "image": im} for i, im in enumerate(images)]
     obj["spec"]["imagePullSecrets"] = [{"name": "s"}]
     answers = {im: ImageVerdict(Verdict.NOT_STREAMABLE) for im in images}
-    pol = parse_policy({"mode": "enforce"})
+    pol = parse_policy({"mode": "enforce", "denyControlledPods": True})
     adm = Admission(policy=lambda: pol, verdicts=MemoryVerdicts(answers), placement=NoInventory())
     req = request(obj)
     decision, _ = await adm.decide(req)
     event = event_for(req, decision)
     assert event is not None
     assert len(event.message) <= 1024 and event.message.endswith("…")
-    assert event.message.startswith("c0: ")  # a denial, before the pull-secrets warning
+    assert event.message.startswith("Pod web: c0: ")  # a denial, before the pull-secrets warning
 
 
 # ---- the recorder -------------------------------------------------------------------------
@@ -193,6 +193,26 @@ class FakeApi:
         self.patched.append((namespace, name, dict(body)))
 
 
+class FakeObjects:
+    """The apiserver's objects: (kind, namespace, name) -> uid; by default the ones the
+    tests here name, with the uids they give."""
+
+    def __init__(self, objects: dict[tuple[str, str, str], str] | None = None) -> None:
+        if objects is None:
+            objects = {("Pod", "shop", "web"): "uid-1", ("Pod", "shop", "api"): "uid-2"}
+            objects.update({("Pod", "shop", f"p{i}"): f"u{i}" for i in range(10)})
+            objects[("ReplicaSet", "shop", "web-5d4")] = "rs-uid"
+        self.objects = objects
+        self.asked: list[tuple[str, str, str]] = []
+        self.after_first_ask: dict[tuple[str, str, str], str] = {}
+
+    def uid_of(self, api_version: str, kind: str, namespace: str, name: str) -> str | None:
+        self.asked.append((kind, namespace, name))
+        found = self.objects.get((kind, namespace, name))
+        self.objects.update(self.after_first_ask)
+        return found
+
+
 class _ApiError(Exception):
     status = 500
     reason = "Internal Server Error"
@@ -210,6 +230,7 @@ WALL = dt.datetime(2026, 11, 27, 19, 0, 0, tzinfo=dt.UTC)
 
 
 def recorder(api: FakeApi, clock: Clock, results: list[str], **kw: Any) -> EventRecorder:
+    kw.setdefault("objects", FakeObjects())
     return EventRecorder(
         api,
         interval=300,
@@ -276,7 +297,8 @@ async def test_other_reason_or_object_is_not_rate_limited() -> None:
     rec.start()
     try:
         rec.record(warn_req, await decided(warn_req))
-        rec.record(warn_req, await decided(warn_req, mode="enforce"))  # denied: other reason
+        denied_req = request(pod(PLAIN), op="UPDATE", old=pod(GOOD))
+        rec.record(denied_req, await decided(denied_req, mode="enforce"))  # other reason
         rec.record(other_req, await decided(other_req))
         assert rec.flush()
         reasons = sorted((b["involvedObject"]["name"], b["reason"]) for _, b in api.created)
@@ -318,7 +340,7 @@ async def test_failures_are_counted_and_the_sender_goes_on() -> None:
 
 def test_long_names_stay_valid_event_names() -> None:
     api, results = FakeApi(), []
-    rec = recorder(api, Clock(), results)
+    rec = recorder(api, Clock(), results, objects=FakeObjects({("Pod", "shop", "x" * 253): "u"}))
     event = PendingEvent(
         involved=event_for_ref("x" * 253),
         reason=REASON_WARNING,
@@ -334,6 +356,94 @@ def event_for_ref(name: str):
     from app.telemetry.events import ObjectRef
 
     return ObjectRef("v1", "Pod", "shop", name, "u")
+
+
+# ---- forged reviews: only objects that exist with that uid ----------------------------------
+
+
+async def test_no_event_on_an_object_that_does_not_exist_with_that_uid() -> None:
+    api, results = FakeApi(), []
+    objects = FakeObjects({("Pod", "other", "victim"): "real-uid"})
+    rec = recorder(api, Clock(), results, objects=objects, confirm_delays=(0.01, 0.01))
+    forged = [
+        request(pod(PLAIN, name="victim", uid="guessed"), op="UPDATE"),  # wrong uid
+        request(pod(PLAIN, name="ghost", uid="g"), op="UPDATE"),  # no such object
+        request(pod(PLAIN, name="ghost", uid="g2")),  # a CREATE that never gets stored
+    ]
+    rec.start()
+    try:
+        for written in forged:
+            req = dataclasses.replace(written, namespace="other")
+            rec.record(req, await decided(req))
+        assert rec.flush()
+    finally:
+        rec.stop()
+    assert api.created == [] and api.patched == []
+    assert results == ["unconfirmed"] * 3
+    assert objects.asked.count(("Pod", "other", "ghost")) == 1 + 3  # the CREATE waited
+
+
+async def test_an_allowed_create_waits_for_its_object() -> None:
+    api, results = FakeApi(), []
+    objects = FakeObjects({})
+    # stored after admission: the first look finds nothing, the next one finds it
+    objects.after_first_ask = {("Pod", "shop", "web"): "uid-1"}
+    rec = recorder(api, Clock(), results, objects=objects, confirm_delays=(0.05, 0.05, 0.05))
+    req = request(pod(PLAIN))
+    rec.start()
+    try:
+        rec.record(req, await decided(req))
+        assert rec.flush()
+    finally:
+        rec.stop()
+    assert results == ["sent"] and len(api.created) == 1
+    assert len(objects.asked) == 2
+
+
+async def test_confirmations_are_cached_and_unknown_kinds_never_confirmed() -> None:
+    api, clock, results = FakeApi(), Clock(), []
+    objects = FakeObjects()
+    rec = recorder(api, clock, results, objects=objects, confirm_ttl=30)
+    from app.telemetry.events import ObjectRef
+
+    web = ObjectRef("v1", "Pod", "shop", "web", "uid-1")
+    for _ in range(3):
+        clock.now += 301  # past the per-object limit each time
+        rec.send(PendingEvent(web, REASON_WARNING, "m", 1))
+    assert objects.asked == [("Pod", "shop", "web")] * 3  # 301s apart: past the cache ttl
+    objects.asked.clear()
+    for _ in range(3):
+        rec.send(PendingEvent(web, REASON_WARNING, "m", 1))
+    assert objects.asked == []  # within the ttl: no GET
+    from app.telemetry.event_checks import UNSUPPORTED, KubeObjects, object_path
+
+    assert object_path("example.com/v1", "Rollout", "shop", "r") is None
+    assert object_path("v1", "Pod", "shop", "../../secrets") is None
+    assert object_path("apps/v1", "ReplicaSet", "shop", "web-5d4") == (
+        "/apis/apps/v1/namespaces/shop/replicasets/web-5d4"
+    )
+    assert KubeObjects(None).uid_of("example.com/v1", "Rollout", "shop", "r") == UNSUPPORTED
+
+
+def test_each_namespace_has_a_token_bucket_spent_only_by_confirmed_events() -> None:
+    api, clock, results = FakeApi(), Clock(), []
+    objects = FakeObjects({("Pod", ns, f"p{i}"): f"u{i}" for ns in ("a", "b") for i in range(6)})
+    rec = recorder(api, clock, results, objects=objects, namespace_burst=3, namespace_rate=0.1)
+    from app.telemetry.events import ObjectRef
+
+    def send(ns: str, i: int, uid: str | None = None) -> None:
+        ref = ObjectRef("v1", "Pod", ns, f"p{i}", uid or f"u{i}")
+        rec.send(PendingEvent(ref, REASON_WARNING, "m", 1))
+
+    for i in range(10):
+        send("a", i % 6, uid="forged")  # unconfirmed: costs "a" nothing
+    for i in range(5):
+        send("a", i)
+    send("b", 0)  # another namespace has its own bucket
+    assert results[10:] == ["sent"] * 3 + ["namespace-limited"] * 2 + ["sent"]
+    clock.now += 10  # one token back
+    send("a", 5)
+    assert results[-1] == "sent"
 
 
 # ---- the admission hook -------------------------------------------------------------------
