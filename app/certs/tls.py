@@ -44,11 +44,17 @@ def issue_self_signed(
     return files
 
 
-def server_context(cert: Path, key: Path) -> ssl.SSLContext:
-    """A TLS 1.2+ server context holding the pair."""
+def server_context(cert: Path, key: Path, *, client_ca: Path | None = None) -> ssl.SSLContext:
+    """A TLS 1.2+ server context holding the pair. With `client_ca`, a client certificate is
+    asked for and, when one is sent, must chain to that CA (the handshake fails otherwise);
+    whether one is *required* is decided per connection (app/webhook/connections.py), because
+    the kubelet's probes carry none."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert, key)
+    if client_ca is not None:
+        ctx.load_verify_locations(cafile=client_ca)
+        ctx.verify_mode = ssl.CERT_OPTIONAL
     return ctx
 
 

@@ -98,7 +98,11 @@ def _serve(args: argparse.Namespace) -> int:
         event_interval=args.event_interval,
         http=args.http,
         loop=args.loop,
+        client_ca=args.client_ca,
     )
+    if settings.client_ca is not None and not settings.client_ca.is_file():
+        print(f"streamgate serve: --client-ca {settings.client_ca}: no such file", file=sys.stderr)
+        return EXIT_USAGE
     if settings.events and not settings.kube:
         print("streamgate serve: --events needs --kubeconfig", file=sys.stderr)
         return EXIT_USAGE
@@ -410,6 +414,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8443)
     s.add_argument("--cert", type=Path, help="serving certificate (PEM); reloaded when it changes")
     s.add_argument("--key", type=Path, help="serving key (PEM)")
+    s.add_argument(
+        "--client-ca",
+        type=Path,
+        metavar="FILE",
+        help="require a client certificate signed by this CA (PEM) on /validate and /mutate "
+        "(the apiserver's admission kubeconfig; not available on AKS); probes need none",
+    )
     s.add_argument(
         "--self-signed",
         type=Path,

@@ -9,17 +9,45 @@ apiserver sends its request right after connecting, so a connection with no comp
 request head after `FIRST_REQUEST_TIMEOUT` seconds is closed. Idle keep-alive connections
 after a request are uvicorn's own `timeout_keep_alive`; the connection limit is uvicorn's
 `limit_concurrency` (both protocols answer 503 past it).
+
+With client authentication (`serve --client-ca`), a connection that presented no verified
+client certificate may only ask for the probes (`OPEN_PATHS`): anything else is answered 403
+without reaching the app. (A certificate the CA did not sign already failed the handshake.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any, Protocol, cast
 
 logger = logging.getLogger(__name__)
 
 FIRST_REQUEST_TIMEOUT = 10.0
+# What the kubelet's probes ask for: served without a client certificate.
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+NO_CLIENT_CERT = (
+    "streamgate: this webhook requires a client certificate signed by its --client-ca for "
+    "everything but /healthz and /readyz; give the apiserver an admission kubeconfig with one "
+    "(docs/security.md)"
+)
+
+
+def probes_only(app: Any) -> Any:
+    """An ASGI app that passes the probes to `app` and answers everything else 403."""
+    body = json.dumps({"error": NO_CLIENT_CERT}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+
+    async def guarded(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("path") in OPEN_PATHS:
+            await app(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 403, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return guarded
+
 
 # The HTTP/1.1 parsers `streamgate serve --http` offers: httptools (C, llhttp) is the fast
 # one and the default; h11 is pure Python, for platforms without the C extension.
@@ -32,17 +60,22 @@ class _Connection(Protocol):
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
     cycle: object | None  # set once a complete request head arrived
+    app: Any  # the ASGI app this connection's requests go to
 
 
 class _FirstRequestGuard(asyncio.Protocol):
     """Mixed in before a uvicorn protocol: aborts a connection silent past the deadline."""
 
     first_request_timeout: float = FIRST_REQUEST_TIMEOUT
+    client_auth: bool = False
     _first_request_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         conn = cast(_Connection, self)
+        # The TLS handshake is done by now: a peer certificate, if any, was verified.
+        if self.client_auth and not transport.get_extra_info("peercert"):
+            conn.app = probes_only(conn.app)
         self._first_request_timer = conn.loop.call_later(
             self.first_request_timeout, self._no_first_request
         )
@@ -70,18 +103,23 @@ class ProtocolUnavailable(RuntimeError):
 
 
 def guarded_protocol(
-    http: str = "httptools", first_request_timeout: float = FIRST_REQUEST_TIMEOUT
+    http: str = "httptools",
+    first_request_timeout: float = FIRST_REQUEST_TIMEOUT,
+    *,
+    client_auth: bool = False,
 ) -> type[asyncio.Protocol]:
-    """uvicorn's `http` protocol class, closing connections silent past the deadline.
+    """uvicorn's `http` protocol class, closing connections silent past the deadline and,
+    with `client_auth`, serving only the probes to connections without a client certificate.
 
     Each base is imported only when chosen: without httptools installed, `h11` still works.
     """
-    timeout = first_request_timeout
+    timeout, authenticate = first_request_timeout, client_auth
     if http == "h11":
         from uvicorn.protocols.http.h11_impl import H11Protocol
 
         class GuardedH11Protocol(_FirstRequestGuard, H11Protocol):
             first_request_timeout = timeout
+            client_auth = authenticate
 
         return GuardedH11Protocol
     if http == "httptools":
@@ -95,6 +133,7 @@ def guarded_protocol(
 
         class GuardedHttpToolsProtocol(_FirstRequestGuard, HttpToolsProtocol):
             first_request_timeout = timeout
+            client_auth = authenticate
 
         return GuardedHttpToolsProtocol
     raise ValueError(f"unknown HTTP protocol {http!r}: one of {', '.join(HTTP_PROTOCOLS)}")

@@ -76,6 +76,9 @@ class ServeSettings:
     # reason every `event_interval` seconds (app/telemetry/events.py).
     events: bool = False
     event_interval: float = DEFAULT_INTERVAL
+    # --client-ca: admission requests must carry a client certificate signed by this CA
+    # (self-managed control planes whose apiserver presents one; not possible on AKS).
+    client_ca: Path | None = None
 
 
 class _PolicyHolder:
@@ -182,7 +185,11 @@ def build_server(
         log_config=None,  # keep the process's own format (app/telemetry/logs.py)
         access_log=False,
         lifespan="off",
-        http=guarded_protocol(settings.http, settings.first_request_timeout),
+        http=guarded_protocol(
+            settings.http,
+            settings.first_request_timeout,
+            client_auth=settings.client_ca is not None,
+        ),
         loop=settings.loop,
         limit_concurrency=settings.limit_concurrency,
         # The apiserver connects directly (no proxy whose X-Forwarded-* to trust, and nothing
@@ -193,7 +200,7 @@ def build_server(
     loop_factory(settings.loop)  # refuse a loop that is not installed, with the way out
     config.load()
     # uvicorn's own ssl_* options build a context it never reloads: we hand it ours.
-    context = server_context(cert, key)
+    context = server_context(cert, key, client_ca=settings.client_ca)
     config.ssl = context
     reloader = CertReloader(context, cert, key, interval=settings.cert_reload_interval)
     url = f"https://{settings.host}:{settings.port}"
@@ -211,6 +218,8 @@ async def serve(
     """Serve until stopped; `background` loops run beside the server and end with it."""
     running = build_server(settings, admission, ready=ready, on_bad_request=on_bad_request)
     logger.info("streamgate listening on %s (validate, mutate, healthz, readyz)", running.url)
+    if settings.client_ca is not None:
+        logger.info("client certificates signed by %s required for admission", settings.client_ca)
     loops = [running.reloader.run, *(background or [])]
     if running.keeper:
         loops.append(running.keeper.run)

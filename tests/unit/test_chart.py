@@ -674,6 +674,7 @@ BAD = {
     ),
     "root-user": ({"runAsUser": 0}, "/runAsUser"),
     "bad-client-id": ({"workloadIdentity": {"clientId": "me"}}, "/workloadIdentity/clientId"),
+    "client-ca-not-base64": ({"clientAuth": {"caBundle": "-----BEGIN"}}, "/clientAuth/caBundle"),
     "anti-affinity-twice": ({"affinity": {"podAntiAffinity": {}}}, "/affinity"),
     "privileged-port": ({"containerPort": 443}, "/containerPort"),
     "http-h2": ({"server": {"http": "h2"}}, "/server/http"),
@@ -855,3 +856,23 @@ def test_metrics_can_be_turned_off():
         "containers"
     ][0]
     assert not any(a.startswith("--metrics-port") for a in container["args"])
+
+
+# ---- client certificates from the apiserver (self-managed control planes) ----------------
+
+
+def test_client_auth_mounts_the_ca_and_passes_client_ca(default):
+    assert "--client-ca" not in " ".join(container(default)["args"])
+    docs = render({"clientAuth": {"caBundle": CA_B64}})
+    cm = one(docs, "ConfigMap", f"{FULLNAME}-client-ca")
+    assert cm["data"]["ca.crt"].strip() == base64.b64decode(CA_B64).decode().strip()
+    args = _parse_serve_args(docs)
+    assert str(args.client_ca) == "/etc/streamgate/client-ca/ca.crt"
+    c = container(docs)
+    assert {"name": "client-ca", "mountPath": "/etc/streamgate/client-ca", "readOnly": True} in (
+        c["volumeMounts"]
+    )
+    volumes = one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "client-ca", "configMap": {"name": f"{FULLNAME}-client-ca"}} in volumes
+    # the probes stay on the webhook port: the server serves them without a certificate
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
