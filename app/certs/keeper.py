@@ -319,16 +319,19 @@ def _read_configs(adm: Any, names: Sequence[str]) -> list[_Config]:
 
 
 def _owner(configs: Sequence[_Config]) -> list[dict[str, Any]]:
-    for c in configs:
-        if c.kind == "validating":
-            return [
-                {
-                    "apiVersion": "admissionregistration.k8s.io/v1",
-                    "kind": "ValidatingWebhookConfiguration",
-                    "name": c.name,
-                    "uid": c.uid,
-                }
-            ]
+    """The validating configuration, or the mutating one where there is none (one-call mode,
+    chart `webhook.calls: one`): deleting it deletes the Secret."""
+    for kind in ("validating", "mutating"):
+        for c in configs:
+            if c.kind == kind:
+                return [
+                    {
+                        "apiVersion": "admissionregistration.k8s.io/v1",
+                        "kind": f"{kind.capitalize()}WebhookConfiguration",
+                        "name": c.name,
+                        "uid": c.uid,
+                    }
+                ]
     return []
 
 

@@ -35,7 +35,9 @@ logger = logging.getLogger(__name__)
 # before it gives up and applies failurePolicy.
 DEFAULT_LOOKUP_DEADLINE = 2.0
 
-Endpoint = Literal["validate", "mutate"]
+# validate: warnings and denials; mutate: the annotations and the steering patch only; admit:
+# both in one call, for a mutating webhook that judges too (one-call mode, docs/install.md).
+Endpoint = Literal["validate", "mutate", "admit"]
 _JUDGED_SUBRESOURCES = ("", "ephemeralcontainers")
 
 
@@ -234,7 +236,7 @@ class Admission:
             return answer
         outcome = _outcome(decision)
         took = self._observe(req, endpoint, outcome, started)
-        if endpoint == "validate":
+        if endpoint != "mutate":
             for report in decision.reports:
                 self.observer.on_verdict(report.verdict.verdict.value)
             if self.on_decision is not None:
@@ -246,7 +248,8 @@ class Admission:
         if endpoint == "mutate":
             return AdmissionAnswer(allowed=True, patch=tuple(_patch(req, decision, wl)))
         if decision.allowed:
-            return AdmissionAnswer(allowed=True, warnings=tuple(decision.warnings))
+            patch = tuple(_patch(req, decision, wl)) if endpoint == "admit" else ()
+            return AdmissionAnswer(allowed=True, warnings=tuple(decision.warnings), patch=patch)
         return AdmissionAnswer(
             allowed=False,
             message=messages.denial(

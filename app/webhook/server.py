@@ -1,4 +1,4 @@
-"""The HTTP edge: /validate and /mutate, /healthz and /readyz.
+"""The HTTP edge: /validate and /mutate (or /admit, both in one call), /healthz and /readyz.
 
 Bodies are read raw (bounded), parsed by `app.webhook.review`, judged by
 `app.webhook.admission`. A malformed review is a 400 with its reason, an oversized one a 413;
@@ -35,7 +35,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-_ENDPOINTS: dict[str, Endpoint] = {"/validate": "validate", "/mutate": "mutate"}
+_ENDPOINTS: dict[str, Endpoint] = {"/validate": "validate", "/mutate": "mutate", "/admit": "admit"}
 
 
 class BodyTooLarge(Exception):
@@ -165,6 +165,11 @@ def create_app(
     @app.post("/mutate")
     async def mutate(request: Request) -> Response:
         status, body = await edge.handle(request.scope, request.receive, "mutate")
+        return Response(body, status_code=status, media_type=_JSON)
+
+    @app.post("/admit")
+    async def admit(request: Request) -> Response:
+        status, body = await edge.handle(request.scope, request.receive, "admit")
         return Response(body, status_code=status, media_type=_JSON)
 
     @app.get("/healthz")

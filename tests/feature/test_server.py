@@ -51,7 +51,8 @@ def test_captured_review_round_trip(webhook, path):
     with webhook.client() as client:
         validate = client.post("/validate", json=review)
         mutate = client.post("/mutate", json=review)
-    for resp in (validate, mutate):
+        admit = client.post("/admit", json=review)  # one-call mode: both answers in one
+    for resp in (validate, mutate, admit):
         assert resp.status_code == 200, resp.text
         body = resp.json()
         assert body["apiVersion"] == "admission.k8s.io/v1"
@@ -59,6 +60,8 @@ def test_captured_review_round_trip(webhook, path):
         assert body["response"]["uid"] == request["uid"]
         assert body["response"]["allowed"] is True  # default mode: warn
     v, m = validate.json()["response"], mutate.json()["response"]
+    a = admit.json()["response"]
+    assert a.get("warnings") == v.get("warnings") and a.get("patch") == m.get("patch")
     assert "patch" not in v and "warnings" not in m
     for warning in v.get("warnings", []):
         assert len(warning) <= MAX_WARNING

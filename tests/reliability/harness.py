@@ -155,8 +155,8 @@ class Answer:
 
 def check_answer(sent: bytes, endpoint: str, response: httpx.Response, seconds: float) -> Answer:
     """Every answer streamgate gives must pass this: a 200 with a well-formed AdmissionReview
-    for the request (same apiVersion and uid; warnings on /validate only, each at most
-    MAX_WARNING (256) characters; on /mutate a JSONPatch that applies to the object), or
+    for the request (same apiVersion and uid; warnings on /validate and /admit only, each at most
+    MAX_WARNING (256) characters; on /mutate and /admit a JSONPatch that applies to the object), or
     400/413 with a reason. Nothing else, and never the onError "internal error" answer (a bug)."""
     status = response.status_code
     try:
@@ -200,19 +200,20 @@ def check_answer(sent: bytes, endpoint: str, response: httpx.Response, seconds: 
             raise Violation(f"a denial without code 403 and a message: {status_obj!r}")
     if endpoint == "validate" and "patch" in answer:
         raise Violation("/validate sent a patch")
-    if endpoint == "mutate":
-        if warnings or not allowed:
-            raise Violation("/mutate warned or denied")
-        if "patch" in answer:
-            if answer.get("patchType") != "JSONPatch":
-                raise Violation(f"patchType {answer.get('patchType')!r}")
-            ops = json.loads(base64.b64decode(answer["patch"]))
-            if not isinstance(ops, list):
-                raise Violation(f"patch is not a list: {ops!r}")
-            try:
-                jsonpatch.apply_patch(request.get("object"), ops)
-            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as err:
-                raise Violation(f"patch does not apply to the object: {err}: {ops}") from err
+    if endpoint == "mutate" and (warnings or not allowed):
+        raise Violation("/mutate warned or denied")
+    if endpoint == "admit" and not allowed and "patch" in answer:
+        raise Violation("/admit sent a patch with a denial")
+    if endpoint in ("mutate", "admit") and "patch" in answer:
+        if answer.get("patchType") != "JSONPatch":
+            raise Violation(f"patchType {answer.get('patchType')!r}")
+        ops = json.loads(base64.b64decode(answer["patch"]))
+        if not isinstance(ops, list):
+            raise Violation(f"patch is not a list: {ops!r}")
+        try:
+            jsonpatch.apply_patch(request.get("object"), ops)
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as err:
+            raise Violation(f"patch does not apply to the object: {err}: {ops}") from err
     text = " ".join([*warnings, message])
     if "internal error" in text:
         raise Violation(f"onError answer for an evaluation failure (a bug): {text}")

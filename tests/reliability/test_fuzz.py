@@ -526,7 +526,7 @@ def _fuzz(
     client = target.new_client(timeout=httpx.Timeout(10.0))
 
     @settings(FUZZ, max_examples=CASES[family])
-    @given(body=strategy, endpoint=st.sampled_from(["validate", "mutate"]))
+    @given(body=strategy, endpoint=st.sampled_from(["validate", "mutate", "admit"]))
     def run(body: Any, endpoint: str) -> None:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         _post(target, client, endpoint, raw, tally)

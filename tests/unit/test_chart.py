@@ -303,6 +303,19 @@ def test_one_webhook_can_be_left_out():
     assert "ValidatingWebhookConfiguration" in kinds(docs)
 
 
+def test_one_call_mode_registers_only_the_mutating_webhook_on_admit():
+    docs = render({"webhook": {"calls": "one", "reinvocationPolicy": "IfNeeded"}})
+    assert "ValidatingWebhookConfiguration" not in kinds(docs)
+    ((kind, hook),) = webhooks(docs)
+    assert kind == "MutatingWebhookConfiguration"
+    assert hook["name"] == "admit.streamgate.io"
+    assert hook["clientConfig"]["service"]["path"] == "/admit"
+    assert hook["reinvocationPolicy"] == "IfNeeded"
+    url = render({**URL_VALUES, "webhook": {**URL_VALUES["webhook"], "calls": "one"}})
+    assert [w["clientConfig"]["url"] for _, w in webhooks(url)] == ["https://127.0.0.1:9443/admit"]
+    assert "/webhook/calls" in render_error({"webhook": {"calls": "three"}})
+
+
 # ---- the Deployment ---------------------------------------------------------------------
 
 

@@ -267,3 +267,23 @@ def test_files_live_under_out_dir(tmp_path, fresh):
     assert all(
         Path(p).parent == tmp_path / "nested" / "dir" for p in (files.ca, files.cert, files.key)
     )
+
+
+def test_the_secret_is_owned_by_the_validating_configuration_else_the_mutating_one():
+    # One-call mode (chart webhook.calls: one) has no validating configuration: the Secret
+    # must still go away with the release's webhook configuration.
+    from app.certs.keeper import _Config, _owner
+
+    mutating = _Config("mutating", "sg", "uid-m", ("",), ("admit.streamgate.io",))
+    validating = _Config("validating", "sg", "uid-v", ("",), ("validate.streamgate.io",))
+    assert _owner([mutating, validating])[0]["uid"] == "uid-v"
+    only = _owner([mutating])
+    assert only == [
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "name": "sg",
+            "uid": "uid-m",
+        }
+    ]
+    assert _owner([]) == []

@@ -262,6 +262,32 @@ async def test_mutate_patches_but_never_warns_and_validate_never_patches():
     assert validate.patch == () and len(validate.warnings) == 1
 
 
+async def test_admit_is_mutate_and_validate_in_one_answer():
+    steer = Placement(
+        True, (PoolFit("a", Streaming.YES), PoolFit("b", Streaming.NO, ("arm64",))), ("k", "true")
+    )
+    adm = admission(placement=FixedPlacement(steer), steering={"enabled": True})
+    req = request(pod(f"{ACR}/a:1"))
+    admit = await adm.answer(req, "admit")
+    mutate = await adm.answer(req, "mutate")
+    validate = await adm.answer(req, "validate")
+    assert admit.allowed and admit.patch == mutate.patch and admit.patch
+    assert admit.warnings == validate.warnings and admit.warnings
+
+
+async def test_admit_denies_like_validate_and_sends_no_patch_with_a_denial():
+    adm = admission(
+        verdicts=MemoryVerdicts({f"{ACR}/a:1": ImageVerdict(Verdict.NOT_STREAMABLE)}),
+        mode="enforce",
+    )
+    req = request(pod(f"{ACR}/a:1"))
+    admit = await adm.answer(req, "admit")
+    validate = await adm.answer(req, "validate")
+    assert not admit.allowed and admit.message == validate.message
+    assert "has no streaming artifact" in admit.message
+    assert admit.patch == ()
+
+
 async def test_mutate_leaves_subresource_updates_alone():
     old = pod(f"{ACR}/a:1")
     new = pod(f"{ACR}/a:1")
