@@ -25,11 +25,13 @@ from bench.warm import DEMO_NAMESPACE
 WEBHOOK_SH = ROOT / "hack" / "webhook.sh"
 LABEL = "streamgate-bench"
 ECHO_LABEL = "streamgate-bench-echo"
+ONE_LABEL = "streamgate-bench-one"  # streamgate in one-call mode (chart webhook.calls: one)
 # The chart's webhook names, and the names the no-op control's copy of them gets (the
 # apiserver's metrics are labelled by webhook name).
 WEBHOOK_NAMES = {
     "mutate.streamgate.io": "/mutate",
     "validate.streamgate.io": "/validate",
+    "admit.streamgate.io": "/admit (one-call mode)",
     "mutate.echo.bench.streamgate.io": "no-op /mutate",
     "validate.echo.bench.streamgate.io": "no-op /validate",
 }
@@ -264,6 +266,7 @@ def run(ctx: Ctx) -> dict[str, Any]:
     runid = uuid.uuid4().hex[:8]
     on_ns, off_ns = f"sgbench-on-{runid}", f"sgbench-off-{runid}"
     echo_ns = f"sgbench-echo-{runid}"
+    one_ns = f"sgbench-one-{runid}"
     echo = EchoWebhook(ctx, runid)
     policy = ctx.work / "policy-apiserver.yaml"
     policy.write_text(policy_yaml([ctx.olareg.host]))
@@ -276,6 +279,16 @@ def run(ctx: Ctx) -> dict[str, Any]:
         "STREAMGATE_ONLY_LABEL": f"{LABEL}={runid}",
         "STREAMGATE_POLICY": str(policy),
     }
+    one_metrics_port = free_port()
+    env_one = {
+        **env,
+        "STREAMGATE_WEBHOOK_DIR": str(ctx.work / "webhook-one"),
+        "STREAMGATE_WEBHOOK_PORT": str(free_port()),
+        "STREAMGATE_METRICS_PORT": str(one_metrics_port),
+        "STREAMGATE_RELEASE": f"sgbench-one-{runid}",
+        "STREAMGATE_ONLY_LABEL": f"{ONE_LABEL}={runid}",
+        "STREAMGATE_HELM_SET": "webhook.calls=one webhook.reinvocationPolicy=IfNeeded",
+    }
     api = Api(ctx.kubeconfig, ctx.work)
 
     async def main() -> dict[str, Any]:
@@ -286,6 +299,7 @@ def run(ctx: Ctx) -> dict[str, Any]:
                 (on_ns, {LABEL: runid}),
                 (off_ns, {}),
                 (echo_ns, {ECHO_LABEL: runid}),
+                (one_ns, {ONE_LABEL: runid}),
             ):
                 resp = await client.post(
                     "/api/v1/namespaces",
@@ -298,16 +312,18 @@ def run(ctx: Ctx) -> dict[str, Any]:
                 resp.raise_for_status()
             try:
                 _webhook("up", env)
+                _webhook("up", env_one)
                 echo.up()
                 # Until the apiserver sees the new configurations, creates pass unjudged.
-                for _ in range(100):
-                    _, _, annotated = await create_many(client, on_ns, 5, 5, images)
-                    if annotated == 5:
-                        break
-                    await asyncio.sleep(0.2)
-                else:
-                    raise RuntimeError("the webhook never annotated a pod in " + on_ns)
-                for ns in (on_ns, off_ns, echo_ns):  # warm-up: caches, connections
+                for judged in (on_ns, one_ns):
+                    for _ in range(100):
+                        _, _, annotated = await create_many(client, judged, 5, 5, images)
+                        if annotated == 5:
+                            break
+                        await asyncio.sleep(0.2)
+                    else:
+                        raise RuntimeError("the webhook never annotated a pod in " + judged)
+                for ns in (on_ns, off_ns, echo_ns, one_ns):  # warm-up: caches, connections
                     await create_many(client, ns, 50, s.api_concurrency, images)
                 loads = [(1, s.api_sequential_pods), (s.api_concurrency, s.api_pods)]
                 rounds: dict[int, dict[str, list[dict[str, Any]]]] = {}
@@ -315,19 +331,23 @@ def run(ctx: Ctx) -> dict[str, Any]:
                 # per create, beside the apiserver's side of the call.
                 pids = {
                     "on": int((ctx.work / "webhook" / "streamgate.pid").read_text()),
+                    "one": int((ctx.work / "webhook-one" / "streamgate.pid").read_text()),
                     "echo": echo.proc.pid,
                 }
                 cpu: dict[int, dict[str, list[float]]] = {}
-                m0 = _admission_seconds(metrics_port)
+                m0 = {
+                    **_admission_seconds(metrics_port),
+                    **_admission_seconds(one_metrics_port),
+                }
                 seen_by_apiserver: dict[int, dict[str, float]] = {}
                 for concurrency, pods in loads:
                     a0 = await _apiserver_webhook_seconds(client)
                     per_round = max(1, pods // s.api_rounds)
-                    rounds[concurrency] = {"on": [], "off": [], "echo": []}
-                    cpu[concurrency] = {"on": [0.0, 0], "echo": [0.0, 0]}
+                    rounds[concurrency] = {"on": [], "off": [], "echo": [], "one": []}
+                    cpu[concurrency] = {"on": [0.0, 0], "echo": [0.0, 0], "one": [0.0, 0]}
                     for r in range(s.api_rounds):
-                        order = [("on", on_ns), ("off", off_ns), ("echo", echo_ns)]
-                        for key, ns in order[r % 3 :] + order[: r % 3]:
+                        order = [("on", on_ns), ("off", off_ns), ("echo", echo_ns), ("one", one_ns)]
+                        for key, ns in order[r % 4 :] + order[: r % 4]:
                             cpu0 = cpu_seconds(pids[key]) if key in pids else 0.0
                             lat, wall, annotated = await create_many(
                                 client, ns, per_round, concurrency, images
@@ -354,9 +374,13 @@ def run(ctx: Ctx) -> dict[str, Any]:
                     seen_by_apiserver[concurrency] = _mean_ms(
                         a0, await _apiserver_webhook_seconds(client)
                     )
-                m1 = _admission_seconds(metrics_port)
+                m1 = {
+                    **_admission_seconds(metrics_port),
+                    **_admission_seconds(one_metrics_port),
+                }
             finally:
                 echo.down()
+                _webhook("down", env_one)
                 _webhook("down", env)
             lat, _, annotated = await create_many(
                 client, on_ns, max(1, s.api_pods // s.api_rounds), s.api_concurrency, images
@@ -366,7 +390,7 @@ def run(ctx: Ctx) -> dict[str, Any]:
                 "p99_ms": percentile(lat, 99),
                 "annotated": annotated,
             }
-            for ns in (on_ns, off_ns, echo_ns):
+            for ns in (on_ns, off_ns, echo_ns, one_ns):
                 await client.delete(f"/api/v1/namespaces/{ns}")
             # The namespace controller deletes thousands of pods for a while after: wait, so
             # the next section does not measure beside that work.
@@ -433,7 +457,8 @@ def _load(concurrency: int, rounds: dict[str, list[dict[str, Any]]]) -> dict[str
     """One load's figures: each side's median over the rounds, and the added latency as the
     median of the per-round differences (rounds alternate which side goes first)."""
     out: dict[str, Any] = {"concurrency": concurrency, "pods_per_round": rounds["on"][0]["pods"]}
-    for key in ("on", "off", "echo"):
+    sides = [key for key in ("on", "off", "echo", "one") if key in rounds]
+    for key in sides:
         out[key] = {
             k: summary([x[k] for x in rounds[key]], 2) for k in ("p50_ms", "p99_ms", "rate")
         }
@@ -443,13 +468,17 @@ def _load(concurrency: int, rounds: dict[str, list[dict[str, Any]]]) -> dict[str
         "added": ("on", "off"),  # streamgate against no webhook
         "added_by_noop": ("echo", "off"),  # any webhook against no webhook
         "beyond_noop": ("on", "echo"),  # streamgate against the no-op webhook
+        "added_one": ("one", "off"),  # streamgate in one-call mode against no webhook
+        "one_vs_noop": ("one", "echo"),  # one-call streamgate against the two-call no-op
     }.items():
+        if a not in rounds or b not in rounds:
+            continue
         for q in ("p50_ms", "p99_ms"):
             out[f"{name}_{q}"] = summary(
                 [x[q] - y[q] for x, y in zip(rounds[a], rounds[b], strict=True)], 2
             )
             out[f"pooled_{name}_{q}"] = pooled_difference(pooled[a], pooled[b], float(q[1:3]))
-    for key in ("on", "off", "echo"):
+    for key in sides:
         out[key]["pooled_p50_ms"] = round(percentile(pooled[key], 50), 2)
         out[key]["pooled_p99_ms"] = round(percentile(pooled[key], 99), 2)
         out[key]["creates"] = len(pooled[key])

@@ -26,7 +26,7 @@ class Settings:
     api_pods: int = 1000  # per namespace, with and without the webhook, 50 at a time
     api_concurrency: int = 50
     api_sequential_pods: int = 1200  # per namespace, one at a time: the added latency itself
-    api_rounds: int = 6  # each of the three namespaces goes first twice
+    api_rounds: int = 8  # each of the four namespaces goes first twice
     scale_verdicts: int = 100_000
     scale_nodes: int = 5000
     scale_pools: int = 100

@@ -212,6 +212,14 @@ def _summary(sections: dict[str, Any]) -> list[str]:
             f" ({interval(many['pooled_added_p99_ms'])} with {many['concurrency']} at a time on"
             f" the saturated machine) | {ok(added['value'] <= 5)} |"
         )
+        one_call = one.get("pooled_added_one_p50_ms")
+        noop_p50 = one.get("pooled_added_by_noop_p50_ms")
+        if one_call and noop_p50:
+            rows.append(
+                "| API server, one-call mode: streamgate's added p50 ≤ what a two-call no-op"
+                f" webhook adds | {interval(one_call)} against {interval(noop_p50)} one at a"
+                f" time | {ok(one_call['value'] <= noop_p50['value'])} |"
+            )
     scale = sections.get("scale", {})
     if scale and "error" not in scale and scale.get("p99_growth_ms") is not None:
         rows.append(
@@ -378,6 +386,19 @@ def _apiserver(a: dict[str, Any]) -> list[str]:
                 f" {interval(load['pooled_beyond_noop_p50_ms'])} |"
                 f" {interval(load['pooled_beyond_noop_p99_ms'])} | |",
             ]
+        if "one" in load:
+            one_side = load["one"]
+            out += [
+                f"| | with streamgate in one-call mode (/admit only) |"
+                f" {one_side['pooled_p50_ms']:g} ms | {one_side['pooled_p99_ms']:g} ms |"
+                f" {fmt(one_side['rate'])} |",
+                f"| | **added in one-call mode** |"
+                f" {interval(load['pooled_added_one_p50_ms'])} |"
+                f" {interval(load['pooled_added_one_p99_ms'])} | |",
+                f"| | one-call streamgate beyond the two-call no-op webhook |"
+                f" {interval(load['pooled_one_vs_noop_p50_ms'])} |"
+                f" {interval(load['pooled_one_vs_noop_p99_ms'])} | |",
+            ]
     out.append("")
     spread = [
         f"{load['concurrency']} at a time, {load['pods_per_round']} creates per round: added"
@@ -407,6 +428,11 @@ def _apiserver(a: dict[str, Any]) -> list[str]:
     cpu = [
         f"{load['concurrency']} at a time: streamgate {load['webhook_cpu_ms_per_create']['on']:g}"
         f" ms, the no-op webhook {load['webhook_cpu_ms_per_create']['echo']:g} ms"
+        + (
+            f", streamgate in one-call mode {load['webhook_cpu_ms_per_create']['one']:g} ms"
+            if "one" in load["webhook_cpu_ms_per_create"]
+            else ""
+        )
         for load in loads
         if load.get("webhook_cpu_ms_per_create")
     ]

@@ -94,3 +94,35 @@ def test_added_latency_pools_every_round_and_gives_an_interval():
     text = "\n".join(_apiserver({"rounds": 4, "apiserver_version": "v1", "loads": [load]}))
     assert "400 creates per side" in text and "90 % interval" in text, text
     assert "streamgate 0.52 ms, the no-op webhook 0.41 ms" in text, text
+
+
+def test_one_call_mode_is_a_side_of_its_own_and_judged_against_the_no_op():
+    from bench.apiserver import _load
+    from bench.report import _apiserver, _summary
+
+    sides: dict[str, list[dict[str, object]]] = {k: [] for k in ("on", "off", "echo", "one")}
+    for _ in range(2):
+        for key, shift in (("on", 4.0), ("off", 0.0), ("echo", 2.0), ("one", 1.0)):
+            lat = [5.0 + shift + i / 100 for i in range(100)]
+            sides[key].append(
+                {
+                    "p50_ms": 0,
+                    "p99_ms": 0,
+                    "rate": 1,
+                    "annotated": 0,
+                    "pods": 100,
+                    "latencies_ms": lat,
+                }
+            )
+    load = _load(1, sides)
+    assert 0.5 <= load["pooled_added_one_p50_ms"]["value"] <= 1.5, load
+    assert -1.5 <= load["pooled_one_vs_noop_p50_ms"]["value"] <= -0.5, load
+    load["webhook_cpu_ms_per_create"] = {"on": 0.5, "echo": 0.4, "one": 0.3}
+    text = "\n".join(_apiserver({"rounds": 2, "apiserver_version": "v1", "loads": [load]}))
+    assert "with streamgate in one-call mode (/admit only)" in text, text
+    assert "streamgate in one-call mode 0.3 ms" in text, text
+    rows = "\n".join(_summary({"apiserver": {"loads": [load]}}))
+    assert (
+        "one-call mode: streamgate's added p50" in rows
+        and "| met |" in rows.split("one-call mode")[1].splitlines()[0]
+    ), rows
