@@ -79,9 +79,10 @@ class Ctx:
         metrics_port: int = 0,
         kubeconfig: str | None = None,
         extra: tuple[str, ...] = (),
+        python: str = PYTHON,
     ) -> Proc:
         """`streamgate serve` as the chart runs it: TLS, decision logs at info, metrics."""
-        args = [PYTHON, "-m", "app", "serve", "--host", HOST, "--port", str(port)]
+        args = [python, "-m", "app", "serve", "--host", HOST, "--port", str(port)]
         args += ["--cert", str(self.certs.cert), "--key", str(self.certs.key)]
         args += ["--policy", str(policy), "--log-level", "info", "--log-format", "text"]
         if metrics_port:

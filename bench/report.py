@@ -159,6 +159,8 @@ def write(results: dict[str, Any], out: Path) -> None:
         lines += _scale(sections["scale"])
     if "workers" in sections:
         lines += _workers(sections["workers"])
+    if "pythons" in sections:
+        lines += _pythons(sections["pythons"])
     if CHANGES.exists():
         lines += ["", CHANGES.read_text().rstrip(), ""]
     lines += _method()
@@ -507,6 +509,31 @@ def _workers(w: dict[str, Any]) -> list[str]:
         )
     out += ["", w.get("conclusion", ""), ""]
     return out
+
+
+def _pythons(p: dict[str, Any]) -> list[str]:
+    out = ["## Python versions", ""]
+    if "error" in p:
+        return out + _error(p) + [""]
+    out += [
+        "streamgate's warm /validate (the same review mix and wrk load as the warm section, one"
+        " worker, httptools + uvloop) on each CPython, each in its own virtualenv with the"
+        " pinned dependencies; runs interleaved (`python -m bench.run --sections pythons`).",
+        "",
+        "| Python | saturation req/s | CPU µs/request | p99 at half load |",
+        "|---|---|---|---|",
+    ]
+    for version, d in p.get("versions", {}).items():
+        if "error" in d:
+            out.append(f"| {version} | not measured: {d['error']} | | |")
+            continue
+        out.append(
+            f"| {d.get('python', version)} | {fmt(d['rps'])} | {fmt(d['cpu_us_per_request'])} |"
+            f" {fmt(d['half_load_p99_ms'], ' ms')} |"
+        )
+    if p.get("fastest"):
+        out += ["", f"Least CPU per request: Python {p['fastest']}."]
+    return [*out, ""]
 
 
 def _method() -> list[str]:

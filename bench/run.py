@@ -30,7 +30,7 @@ from bench.context import Ctx, Settings
 from bench.load import ensure_wrk
 from bench.registry import olareg
 
-SECTIONS = ("warm", "cold", "apiserver", "scale", "workers")
+SECTIONS = ("warm", "cold", "apiserver", "scale", "workers", "pythons")
 
 
 def _kubeconfig(start: bool) -> str | None:
@@ -53,7 +53,7 @@ def _kubeconfig(start: bool) -> str | None:
 
 
 def _section(name: str) -> Callable[[Ctx], dict[str, Any]]:
-    from bench import apiserver, cold, scale, warm, workers
+    from bench import apiserver, cold, pythons, scale, warm, workers
 
     return {
         "warm": warm.run,
@@ -61,6 +61,7 @@ def _section(name: str) -> Callable[[Ctx], dict[str, Any]]:
         "apiserver": apiserver.run,
         "scale": scale.run,
         "workers": workers.run,
+        "pythons": pythons.run,
     }[name]
 
 

@@ -126,3 +126,35 @@ def test_one_call_mode_is_a_side_of_its_own_and_judged_against_the_no_op():
         "one-call mode: streamgate's added p50" in rows
         and "| met |" in rows.split("one-call mode")[1].splitlines()[0]
     ), rows
+
+
+def test_pythons_finds_this_interpreter_and_reports_every_version():
+    import sys
+
+    from bench.pythons import fastest, interpreter
+    from bench.report import _pythons
+
+    this = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    found = interpreter(this)
+    assert found is not None
+    assert interpreter("2.99") is None
+    versions = {
+        "3.11": {
+            "python": "3.11.7",
+            "rps": {"median": 100.0, "min": 90.0, "max": 110.0, "runs": [90.0, 100.0, 110.0]},
+            "cpu_us_per_request": {"median": 200.0, "min": 190.0, "max": 210.0, "runs": [1, 2]},
+            "half_load_p99_ms": {"median": 1.5, "min": 1.5, "max": 1.5, "runs": [1.5]},
+        },
+        "3.12": {
+            "python": "3.12.1",
+            "rps": {"median": 120.0, "min": 120.0, "max": 120.0, "runs": [120.0]},
+            "cpu_us_per_request": {"median": 150.0, "min": 150.0, "max": 150.0, "runs": [150.0]},
+            "half_load_p99_ms": {"median": 1.2, "min": 1.2, "max": 1.2, "runs": [1.2]},
+        },
+        "3.13": {"error": "pip install failed: no wheel"},
+    }
+    assert fastest(versions) == "3.12"
+    text = "\n".join(_pythons({"versions": versions, "fastest": "3.12"}))
+    assert "| 3.11.7 | 100 [90–110] | 200 [190–210] | 1.5 ms |" in text, text
+    assert "| 3.13 | not measured: pip install failed: no wheel | | |" in text, text
+    assert "Least CPU per request: Python 3.12." in text
