@@ -48,6 +48,7 @@ from app.cli.scan import (
 )
 from app.cli.version import version_line
 from app.cluster.nodes import NodeWatcher
+from app.core import messages
 from app.core.nodes.placement import PlacementIndex
 from app.core.policy import Mode, Policy, PolicyError
 from app.core.pools import UNKNOWN_PLACEMENT, Placement, PlacementSource
@@ -150,6 +151,13 @@ class _NoRuntimeClasses:
         return self._index.place(pod_spec)
 
 
+def _terminal_safe(text: str) -> str:
+    """Output without control characters but newlines and tabs: image names, reasons and
+    labels come from other people's manifests and clusters, and an escape sequence in one
+    must not drive the reader's terminal. (JSON, YAML, SARIF and JUnit escape them already.)"""
+    return messages.printable(text, keep="\n\t")
+
+
 def _check(args: argparse.Namespace) -> int:
     settings = ServeSettings(policy_path=args.policy)
     policy = load_policy(args.policy)
@@ -191,7 +199,7 @@ def _check(args: argparse.Namespace) -> int:
     results = asyncio.run(run())
     for note in notes:
         print(f"streamgate check: {note}", file=sys.stderr)
-    print(CHECK_FORMATS[args.output](results))
+    print(_terminal_safe(CHECK_FORMATS[args.output](results)))
     if any(r.denied for r in results):
         return EXIT_DENIED
     if args.fail_on == "warn" and any(r.decision and r.decision.warnings for r in results):
@@ -250,7 +258,7 @@ def _scan(args: argparse.Namespace) -> int:
             await source.aclose()
 
     report = asyncio.run(run())
-    print(RENDERERS[args.output](report))
+    print(_terminal_safe(RENDERERS[args.output](report)))
     return EXIT_OK
 
 
@@ -275,7 +283,7 @@ def _explain(args: argparse.Namespace) -> int:
     except ExplainError as err:
         print(f"streamgate explain: {err}", file=sys.stderr)
         return EXIT_USAGE
-    print(explain_json(out) if args.output == "json" else explain_text(out))
+    print(_terminal_safe(explain_json(out) if args.output == "json" else explain_text(out)))
     return EXIT_OK
 
 

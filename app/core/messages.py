@@ -9,6 +9,8 @@ is cut to 256 characters and those past the 4,096 are dropped. So a warning here
 - names the image as the user wrote it, shortening only the middle of a very long one;
 - never cuts the fix: the command is printed whole and runs as printed;
 - stays within `MAX_WARNING` (256) characters whenever the fix itself allows;
+- holds no control character (the apiserver silently drops a warning with one, and a
+  terminal would run an escape sequence a tenant put in an image name): `printable`;
 
 and `fit_warnings` keeps a request's warnings within `MAX_TOTAL`, most important first.
 """
@@ -25,6 +27,17 @@ MAX_WARNING = 256  # the apiserver cuts longer warnings once a request's warning
 MAX_TOTAL = 4096  # the apiserver drops warnings past this many characters in all
 NO_ARTIFACT = "no streaming artifact"
 _ELLIPSIS = "…"
+
+
+# What Go's unicode.IsControl (used by the apiserver's warning header check) calls control:
+# C0, DEL and C1. Written as escapes, the way Python's repr writes them.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def printable(text: str, keep: str = "") -> str:
+    """`text` with every control character (but those in `keep`) written as an escape."""
+    table = _CONTROLS if not keep else {k: v for k, v in _CONTROLS.items() if chr(k) not in keep}
+    return text.translate(table)
 
 
 def fit(text: str, limit: int = MAX_WARNING) -> str:
@@ -211,12 +224,18 @@ def grouped(labels: Sequence[str], text: str) -> str | None:
     return line if len(line) <= MAX_WARNING else None
 
 
+def _escaped(text: str) -> str:
+    """`printable(text)`, cut to MAX_WARNING again when the escapes made it longer."""
+    out = printable(text)
+    return out if out == text or len(out) <= MAX_WARNING else fit(out)
+
+
 def fit_warnings(texts: Sequence[str], limit: int = MAX_TOTAL) -> list[str]:
     """The warnings the apiserver will pass on whole: in order, each once, within `limit`
     characters in all; when some must go, the last kept says how many were left out."""
     out: list[str] = []
     used = 0
-    unique = list(dict.fromkeys(texts))
+    unique = list(dict.fromkeys(_escaped(t) for t in texts))
     for i, text in enumerate(unique):
         rest = len(unique) - i - 1
         reserve = 90 if rest else 0  # room for the "+N more" line
@@ -251,4 +270,6 @@ def mode_label_ignored(label: str, admin: str) -> str:
 
 def denial(kind: str, name: str, problems: Sequence[str]) -> str:
     listed = "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
-    return f"streamgate: {kind} {name or '(unnamed)'} can't use artifact streaming: {listed}"
+    return printable(
+        f"streamgate: {kind} {name or '(unnamed)'} can't use artifact streaming: {listed}"
+    )

@@ -468,3 +468,17 @@ def test_a_long_image_name_keeps_its_whole_fix_on_kubectl_apply(webhook, kubectl
     # the registry answers "not found" for an image it does not hold; either way what follows
     # the image is whole (nothing cut by streamgate or by the apiserver)
     assert warning.endswith(("--image " + repo + ":release-2026.12.05-build.1234567", "allowed"))
+
+
+def test_a_control_character_in_an_image_does_not_swallow_the_warning(webhook, kubectl):
+    """The apiserver drops a warning holding a control character (it can't go into a Warning
+    header): an image written with one (not a valid reference) must still be warned about,
+    the character escaped. (Every warning goes through messages.printable as well.)"""
+    image = f"{REGISTRY}/demo/plain:v1\x1b[2J"
+    out = kubectl(
+        "create", "--dry-run=server", "-f", "-", stdin=pod(name("ctl"), webhook.ns("warn"), image)
+    )
+    assert out.returncode == 0, out.stderr
+    mine = [w for w in _warnings(out.stderr) if w.startswith("app: ")]
+    assert mine and "\x1b" not in out.stderr, out.stderr
+    assert "plain:v1\\x1b[2J" in mine[0], mine

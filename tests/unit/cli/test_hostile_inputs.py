@@ -156,6 +156,25 @@ def test_check_reads_standard_input_and_fails_on_warn(monkeypatch, capsys) -> No
     assert "stdin#0" in capsys.readouterr().out
 
 
+def test_escape_sequences_in_a_manifest_never_reach_the_terminal(monkeypatch, capsys) -> None:
+    """An image name with an escape sequence (clear screen, retitle the window): the text
+    output writes it as an escape, in `check` and in `explain`."""
+    image = "myacr.azurecr.io/app\x1b[2J\x1b]0;pwned\x07:v1"
+    manifest = (
+        'apiVersion: v1\nkind: Pod\nmetadata: {name: "p\\e[31m"}\n'
+        f'spec: {{containers: [{{name: app, image: "{image.encode("unicode_escape").decode()}"}}]}}\n'
+    )
+    monkeypatch.setattr("sys.stdin", _Stdin(manifest.encode()))
+    main(["check", "-f", "-", "--offline"])
+    out = capsys.readouterr().out
+    assert "app\\x1b[2J\\x1b]0;pwned\\x07:v1" in out, out
+    assert "\x1b" not in out and "\x07" not in out
+    assert main(["explain", image]) == EXIT_USAGE  # not a reference: said, no network
+    said = capsys.readouterr()
+    text = said.out + said.err
+    assert "is not an image reference" in text and "\x1b" not in text and "\x07" not in text
+
+
 class _Stdin:
     def __init__(self, data: bytes) -> None:
         import io

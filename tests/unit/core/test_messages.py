@@ -114,3 +114,20 @@ def test_a_grouped_unknown_with_a_digest_stays_within_the_limit():
     assert len(grouped(["debug:#0", "debug:#1"], rest)) <= MAX_WARNING
     many = grouped([f"container-with-a-long-name-{i}" for i in range(50)], rest)
     assert len(many) <= MAX_WARNING and many.startswith("50 containers")
+
+
+def test_control_characters_are_written_as_escapes_in_warnings_and_denials():
+    # The apiserver drops a warning holding a control character (Go's unicode.IsControl in
+    # k8s.io/apimachinery's NewWarningHeader), and a terminal would run an escape sequence.
+    from app.core.messages import denial, printable
+
+    assert printable("a\x1b[2Jb\x7f\x85\u2028c") == "a\\x1b[2Jb\\x7f\\x85\u2028c"
+    assert printable("one\ntwo\tthree", keep="\n\t") == "one\ntwo\tthree"
+    kept = fit_warnings(
+        ["app: evil\x1b]0;pwned\x07:v1 has no streaming artifact", "x" * 250 + "\0"]
+    )
+    assert kept[0] == "app: evil\\x1b]0;pwned\\x07:v1 has no streaming artifact"
+    assert len(kept[1]) <= MAX_WARNING and "\0" not in kept[1]
+    assert all(c.isprintable() for w in kept for c in w)
+    text = denial("Pod", "p\x1bq", ["app: i\x00mage has no streaming artifact"])
+    assert "\x1b" not in text and "\x00" not in text and "p\\x1bq" in text
