@@ -160,9 +160,10 @@ def test_escape_sequences_in_a_manifest_never_reach_the_terminal(monkeypatch, ca
     """An image name with an escape sequence (clear screen, retitle the window): the text
     output writes it as an escape, in `check` and in `explain`."""
     image = "myacr.azurecr.io/app\x1b[2J\x1b]0;pwned\x07:v1"
+    written = image.encode("unicode_escape").decode()  # YAML's double-quoted escapes
     manifest = (
         'apiVersion: v1\nkind: Pod\nmetadata: {name: "p\\e[31m"}\n'
-        f'spec: {{containers: [{{name: app, image: "{image.encode("unicode_escape").decode()}"}}]}}\n'
+        f'spec: {{containers: [{{name: app, image: "{written}"}}]}}\n'
     )
     monkeypatch.setattr("sys.stdin", _Stdin(manifest.encode()))
     main(["check", "-f", "-", "--offline"])
