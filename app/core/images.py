@@ -149,13 +149,16 @@ def host_of(registry: str) -> str:
 
 def is_acr_host(registry: str) -> bool:
     """True for `<name>.azurecr.io|cn|us`, with or without a port: ACR's own domains, whose
-    every name is a registry Azure runs (docs/aks-facts.md §2)."""
+    every name is a registry Azure runs (docs/aks-facts.md §8)."""
     return host_of(registry).endswith(ACR_SUFFIXES)
 
 
 def acr_registry_name(registry: str) -> str | None:
     """The registry's ACR resource name (what `az acr … -n` takes) for `<name>.azurecr.*`
-    hosts; None for other hosts (a custom domain's name is not in its host name)."""
+    hosts; None for other hosts (a custom domain's name is not in its host name). A
+    registry created with a domain-name-label scope has a hash after its name
+    (`myacr-abc123.azurecr.io`); ACR names are letters and digits only, so the name is what
+    comes before the first `-` (docs/aks-facts.md §8)."""
     if not is_acr_host(registry):
         return None
-    return host_of(registry).split(".", 1)[0] or None
+    return host_of(registry).split(".", 1)[0].split("-", 1)[0] or None

@@ -27,8 +27,19 @@ DIGEST = "sha256:" + "c" * 64
         (f"myacr.azurecr.io/web:v1@{DIGEST}", {}, "-n myacr --image web:v1"),
         ("reg.contoso.com/a/b:1", {"reg.contoso.com": "contoso"}, "-n contoso --image a/b:1"),
         ("reg.contoso.com/a/b:1", {}, "-n <registry name of reg.contoso.com> --image a/b:1"),
+        ("myacr-e3gvbnczgqbfd3hf.azurecr.io/web:v1", {}, "-n myacr --image web:v1"),
+        ("myacr.azurecr.cn:443/web:v1", {}, "-n myacr --image web:v1"),
     ],
-    ids=["tag", "no-tag", "digest-only", "tag-and-digest", "custom-named", "custom-unnamed"],
+    ids=[
+        "tag",
+        "no-tag",
+        "digest-only",
+        "tag-and-digest",
+        "custom-named",
+        "custom-unnamed",
+        "domain-name-label-hash",
+        "sovereign-cloud-with-port",
+    ],
 )
 def test_the_fix_names_registry_repository_and_what_the_user_wrote(image, names, command):
     assert fix_command(parse_image(image), names) == "az acr artifact-streaming create " + command
