@@ -12,7 +12,9 @@ is cut to 256 characters and those past the 4,096 are dropped. So a warning here
 - holds no control character (the apiserver silently drops a warning with one, and a
   terminal would run an escape sequence a tenant put in an image name): `printable`;
 
-and `fit_warnings` keeps a request's warnings within `MAX_TOTAL`, most important first.
+and `fit_warnings` keeps a request's warnings within `OWN_BUDGET`, most important first: the
+4,096 characters are shared by every webhook and the apiserver's own warnings (PodSecurity,
+deprecations) on the same request, so streamgate leaves a quarter of them to the others.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from app.core.pools import PoolFit
 
 MAX_WARNING = 256  # the apiserver cuts longer warnings once a request's warnings pass 4 KiB
 MAX_TOTAL = 4096  # the apiserver drops warnings past this many characters in all
+OWN_BUDGET = 3072  # streamgate's share of MAX_TOTAL
 NO_ARTIFACT = "no streaming artifact"
 _ELLIPSIS = "…"
 
@@ -230,7 +233,7 @@ def _escaped(text: str) -> str:
     return out if out == text or len(out) <= MAX_WARNING else fit(out)
 
 
-def fit_warnings(texts: Sequence[str], limit: int = MAX_TOTAL) -> list[str]:
+def fit_warnings(texts: Sequence[str], limit: int = OWN_BUDGET) -> list[str]:
     """The warnings the apiserver will pass on whole: in order, each once, within `limit`
     characters in all; when some must go, the last kept says how many were left out."""
     out: list[str] = []

@@ -11,7 +11,7 @@ from app.core.evaluate import (
     ignored_exemption,
 )
 from app.core.images import parse_image
-from app.core.messages import MAX_TOTAL, MAX_WARNING
+from app.core.messages import MAX_TOTAL, MAX_WARNING, OWN_BUDGET
 from app.core.plan import plan
 from app.core.policy import Mode, parse_policy
 from app.core.pools import UNKNOWN_PLACEMENT, Placement, PoolFit, Streaming
@@ -401,7 +401,8 @@ def test_many_distinct_problems_stay_within_the_apiserver_total_pool_warning_kep
     d = run(deployment(*images), {im: NOPE for im in images}, placement=placement)
     warnings = d.warnings
     assert warnings[0].startswith("may land on pools that can't stream")
-    assert sum(len(w) for w in warnings) <= MAX_TOTAL
+    # a quarter of the apiserver's 4,096 is left to other webhooks' warnings
+    assert OWN_BUDGET - 300 <= sum(len(w) for w in warnings) <= OWN_BUDGET < MAX_TOTAL
     assert warnings[-1].startswith("+") and "more problems not shown" in warnings[-1]
     assert len(d.problems) == 101  # every problem is still recorded
 
