@@ -65,6 +65,11 @@ class Decision:
         )
 
     @property
+    def warns(self) -> bool:
+        """Whether there is any warning (without fitting them: `warnings` does that)."""
+        return any(p.severity is Severity.WARN for p in self.problems)
+
+    @property
     def denials(self) -> list[str]:
         return [p.message for p in self.problems if p.severity is Severity.DENY]
 

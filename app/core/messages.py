@@ -39,6 +39,8 @@ _CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
 
 def printable(text: str, keep: str = "") -> str:
     """`text` with every control character (but those in `keep`) written as an escape."""
+    if text.isprintable():  # the usual case, and cheap: no control character in it
+        return text
     table = _CONTROLS if not keep else {k: v for k, v in _CONTROLS.items() if chr(k) not in keep}
     return text.translate(table)
 

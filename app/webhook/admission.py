@@ -307,4 +307,4 @@ def _outcome(decision: Decision) -> str:
         return "skip"
     if not decision.allowed:
         return "deny"
-    return "warn" if decision.warnings else "allow"
+    return "warn" if decision.warns else "allow"
