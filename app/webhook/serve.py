@@ -361,11 +361,18 @@ async def run_webhook(settings: ServeSettings) -> None:
     if watches:
         _probe_watches(metrics, watches)
         watches.start()
+    ready = watches.ready if watches else _always_ready
+    metrics.watch(
+        "streamgate_ready",
+        "1 when /readyz answers ready (node and namespace inventories listed), else 0",
+        (),
+        lambda: [({}, 1.0 if ready()[0] else 0.0)],
+    )
     try:
         await serve(
             settings,
             admission,
-            ready=watches.ready if watches else _always_ready,
+            ready=ready,
             background=background,
             on_bad_request=lambda endpoint, code: metrics.on_bad_request(
                 endpoint=endpoint, code=code

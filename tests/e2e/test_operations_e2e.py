@@ -74,6 +74,7 @@ def test_metrics_count_real_admissions(webhook, kubectl):
     assert 1 <= value(after, "streamgate_decision_memo_entries") <= 2048
     # Build, process and certificate metrics (the alerts in chart/ rely on them).
     assert value(after, "streamgate_build_info") == 1
+    assert value(after, "streamgate_ready") == 1
     assert value(after, "process_resident_memory_bytes") > 0
     assert value(after, "process_open_fds") > 0
     assert value(after, "streamgate_certificate_expiry_timestamp_seconds") > time.time() + 86400
