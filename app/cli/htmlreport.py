@@ -453,7 +453,7 @@ def render(report: Report, *, now: dt.datetime | None = None) -> str:
         _card(
             "images to convert",
             f"{len(conversions):,}",
-            f"used by {sum(c.pods for c in conversions):,} pods",
+            f"used by {_n(sum(c.pods for c in conversions), 'pod')}",
             "bad" if conversions else "ok",
         ),
         _card(
