@@ -341,3 +341,58 @@ def test_scan_html_escapes_a_hostile_image(cluster, kubectl, tmp_path):
         assert "<img" not in dom and "onerror=alert(1)&gt;" in dom
     finally:
         kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+# Clicks headers of the last table (every workload) as a user would and writes down the
+# order of one column after each click. Run by a test copy of the page whose CSP allows it.
+_CLICKS = """
+(function () {
+  var table = Array.prototype.slice.call(document.querySelectorAll("table.sortable")).pop();
+  var heads = Array.prototype.slice.call(table.tHead.rows[0].cells);
+  function col(name) { return heads.map(function (h) { return h.textContent; }).indexOf(name); }
+  function order(name) {
+    var i = col(name);
+    return Array.prototype.map.call(table.tBodies[0].rows, function (r) {
+      return r.cells[i].textContent;
+    }).join("|");
+  }
+  heads[col("name")].click();
+  document.body.setAttribute("data-name-up", order("name"));
+  heads[col("name")].click();
+  document.body.setAttribute("data-name-down", order("name"));
+  heads[col("pods")].click();
+  document.body.setAttribute("data-pods-up", order("pods"));
+  document.body.setAttribute("data-pods-sort", heads[col("pods")].getAttribute("aria-sort"));
+})();
+"""
+
+
+def test_scan_html_tables_sort_in_the_browser(cluster, workloads, tmp_path):
+    import base64
+    import hashlib
+    import html
+
+    apps, batch = workloads
+    page = streamgate(
+        "scan", "--kubeconfig", str(cluster), "--policy", str(POLICY), "-n", f"{apps},{batch}",
+        "-o", "html",
+    ).stdout  # fmt: skip
+    digest = base64.b64encode(hashlib.sha256(_CLICKS.encode()).digest()).decode()
+    harness = page.replace("script-src ", f"script-src 'sha256-{digest}' ", 1).replace(
+        "</body>", f"<script>{_CLICKS}</script></body>", 1
+    )
+    path = tmp_path / "sorting.html"
+    path.write_text(harness)
+    dom = chromium("dump-dom", str(path))
+
+    def attr(name: str) -> list[str]:
+        found = re.search(rf'{name}="([^"]*)"', dom)
+        assert found, f"{name} not set: the clicks did not run"
+        return html.unescape(found.group(1)).split("|")
+
+    names = attr("data-name-up")
+    assert len(names) == 11 and names == sorted(names)
+    assert attr("data-name-down") == sorted(names, reverse=True)
+    pods = [int(p.replace(",", "")) for p in attr("data-pods-up")]
+    assert pods == sorted(pods) and len(set(pods)) > 1
+    assert attr("data-pods-sort") == ["ascending"]
