@@ -46,10 +46,16 @@ printf 'pods of deployment/web: '
 kubectl get pods -l app=web -o custom-columns='NAME:.metadata.name,NODE:.spec.nodeName,STREAMING:.metadata.annotations.streamgate\.io/streaming' --no-headers | tr '\n' ';'
 echo
 
+step "The cluster's streaming readiness, as a page (streamgate scan -o html)"
+mkdir -p .demo
+"$BIN/streamgate" scan --kubeconfig "$KUBECONFIG" --policy examples/policy.yaml -q -o html > .demo/report.html
+"$BIN/streamgate" scan --kubeconfig "$KUBECONFIG" --policy examples/policy.yaml -q | sed -n '/^Totals:/,$p'
+
 step "Done: ${denied} example(s) denied, the rest admitted with the warnings above"
 cat <<TXT
 Point kubectl at the cluster:   export KUBECONFIG=$KUBECONFIG
 streamgate's decision log:      hack/webhook.sh logs
 Judge manifests offline (CI):   .venv/bin/streamgate check -f examples/ --policy examples/policy.yaml
 Tear it all down:               make demo-down
+HTML readiness report:          file://$ROOT/.demo/report.html
 TXT

@@ -113,3 +113,9 @@ def new_serving(
         .sign(ca_key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM), pem_key(key)
+
+
+def not_after(pem: bytes) -> dt.datetime:
+    """When the first certificate in `pem` (the leaf of a chain) expires, in UTC. Raises
+    ValueError for something that is not a PEM certificate."""
+    return x509.load_pem_x509_certificate(pem).not_valid_after_utc

@@ -14,7 +14,14 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.certs.pki import CA_VALIDITY, SERVING_VALIDITY, new_ca, new_serving, write_atomic
+from app.certs.pki import (
+    CA_VALIDITY,
+    SERVING_VALIDITY,
+    new_ca,
+    new_serving,
+    not_after,
+    write_atomic,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +65,17 @@ def server_context(cert: Path, key: Path, *, client_ca: Path | None = None) -> s
     return ctx
 
 
+def expiry_of(cert: Path) -> float | None:
+    """The Unix time the certificate in file `cert` expires, or None when it can't be read."""
+    try:
+        return not_after(cert.read_bytes()).timestamp()
+    except (OSError, ValueError):
+        return None
+
+
 class CertReloader:
-    """Polls the pair's modification times and loads changed files into `context`."""
+    """Polls the pair's modification times and loads changed files into `context`.
+    `expires_at` is the Unix time the certificate in use expires (for metrics)."""
 
     def __init__(self, context: ssl.SSLContext, cert: Path, key: Path, *, interval: float = 5.0):
         self.context = context
@@ -68,6 +84,7 @@ class CertReloader:
         self.interval = interval
         self.reloads = 0
         self._stamp = self._mtimes()
+        self.expires_at = expiry_of(cert)
 
     def _mtimes(self) -> tuple[int, int]:
         try:
@@ -88,6 +105,7 @@ class CertReloader:
             return False
         self._stamp = stamp
         self.reloads += 1
+        self.expires_at = expiry_of(self.cert)
         logger.info("serving certificate reloaded from %s", self.cert)
         return True
 

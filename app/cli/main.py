@@ -46,7 +46,7 @@ from app.cli.scan import (
     scan,
     scan_registry_config,
 )
-from app.cli.version import version_line
+from app.cli.version import revision, version_line
 from app.cluster.nodes import NodeWatcher
 from app.core import messages
 from app.core.nodes.placement import PlacementIndex
@@ -100,6 +100,7 @@ def _serve(args: argparse.Namespace) -> int:
         http=args.http,
         loop=args.loop,
         client_ca=args.client_ca,
+        revision=revision(),
     )
     if settings.client_ca is not None and not settings.client_ca.is_file():
         print(f"streamgate serve: --client-ca {settings.client_ca}: no such file", file=sys.stderr)

@@ -3,7 +3,7 @@ namespaces), judges each with the same core and registry client as the webhook, 
 
     snapshot = read_cluster(reader, namespaces)          # one list of each kind, nodes, modes
     report = await scan(snapshot, policy, source)         # Admission.decide per workload
-    print(to_table(report))                               # or to_json / to_markdown
+    print(to_table(report))                               # or to_json / to_markdown / to_html
 
 What is judged: Deployments, StatefulSets, DaemonSets, CronJobs, Jobs, ReplicaSets,
 ReplicationControllers and Pods, except objects whose controller is one of those kinds (a
@@ -38,7 +38,7 @@ from app.core.nodes.model import inventory_from_api
 from app.core.nodes.placement import PlacementIndex
 from app.core.plan import plan
 from app.core.policy import MODE_LABEL, Mode, Policy, mode_from_label
-from app.core.pools import UNKNOWN_PLACEMENT, Placement, PlacementSource
+from app.core.pools import UNKNOWN_PLACEMENT, Placement, PlacementSource, PoolFit
 from app.core.registries import RegistryConfig
 from app.core.verdicts import ImageVerdict, Verdict, VerdictSource
 from app.core.workloads import JUDGED_OWNERS, KINDS, WorkloadError, workload
@@ -503,6 +503,7 @@ class Row:
     placement: Placement = UNKNOWN_PLACEMENT
     error: str | None = None
     pull_secrets: bool = False  # pulls with imagePullSecrets (which don't stream)
+    pods: int = 1  # pods it runs: `pod_count`
 
     @property
     def judged(self) -> list[Any]:
@@ -583,6 +584,35 @@ def status_of(decision: Decision) -> str:
     return "not-acr"
 
 
+def _count(value: Any, default: int) -> int:
+    return (
+        value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
+    )
+
+
+def pod_count(kind: str, obj: Mapping[str, Any]) -> int:
+    """The pods a workload runs as declared: `spec.replicas` (default 1) for Deployments,
+    StatefulSets, ReplicaSets and ReplicationControllers; the nodes a DaemonSet is scheduled
+    on (`status.desiredNumberScheduled`, 0 before its controller has counted them); a Job's
+    `spec.parallelism` and a CronJob's job template's (default 1, the pods of one run); 1 for
+    a Pod. Values that are not counts (a tenant's manifest) count as the default."""
+    spec = obj.get("spec")
+    spec = spec if isinstance(spec, Mapping) else {}
+    if kind in ("Deployment", "StatefulSet", "ReplicaSet", "ReplicationController"):
+        return _count(spec.get("replicas"), 1)
+    if kind == "DaemonSet":
+        status = obj.get("status")
+        status = status if isinstance(status, Mapping) else {}
+        return _count(status.get("desiredNumberScheduled"), 0)
+    if kind == "Job":
+        return _count(spec.get("parallelism"), 1)
+    if kind == "CronJob":
+        template = spec.get("jobTemplate")
+        job = template.get("spec") if isinstance(template, Mapping) else None
+        return _count(job.get("parallelism"), 1) if isinstance(job, Mapping) else 1
+    return 1
+
+
 @dataclass(frozen=True, slots=True)
 class Report:
     rows: tuple[Row, ...]
@@ -592,6 +622,8 @@ class Report:
     notes: tuple[str, ...]
     seconds: float
     pools_known: bool
+    pools: tuple[PoolFit, ...] = ()  # every node pool with its streaming judgement
+    registry_names: Mapping[str, str] = field(default_factory=dict)  # acrRegistryNames
 
     def totals(self) -> dict[str, int]:
         rows = self.rows
@@ -662,10 +694,22 @@ async def scan(
     for index, obj in enumerate(snapshot.objects):
         progress.update("judging workloads", index, total)
         mode = admission.mode_for(obj.namespace, policy).value
+        pods = pod_count(obj.kind, obj.obj)
         try:
             decision, wl = await admission.decide(_request(obj))
         except WorkloadError as err:
-            rows.append(Row(obj.namespace, obj.kind, obj.name, mode, "error", None, error=str(err)))
+            rows.append(
+                Row(
+                    obj.namespace,
+                    obj.kind,
+                    obj.name,
+                    mode,
+                    "error",
+                    None,
+                    error=str(err),
+                    pods=pods,
+                )
+            )
             continue
         placement, secrets = UNKNOWN_PLACEMENT, False
         if wl is not None and not decision.skipped:
@@ -673,7 +717,18 @@ async def scan(
             secrets = bool(wl.pod_spec.get("imagePullSecrets"))
         status = status_of(decision)
         rows.append(
-            Row(obj.namespace, obj.kind, obj.name, mode, status, decision, placement, None, secrets)
+            Row(
+                obj.namespace,
+                obj.kind,
+                obj.name,
+                mode,
+                status,
+                decision,
+                placement,
+                None,
+                secrets,
+                pods,
+            )
         )
     progress.update("judging workloads", total, total)
     order = {kind: i for i, kind in enumerate(ORDER)}
@@ -686,7 +741,13 @@ async def scan(
         notes=snapshot.notes,
         seconds=time.monotonic() - started,
         pools_known=not isinstance(snapshot.placement, _Unknown),
+        pools=_pool_status(snapshot.placement),
+        registry_names=dict(policy.acr_registry_names),
     )
+
+
+def _pool_status(placement: PlacementSource) -> tuple[PoolFit, ...]:
+    return placement.pool_status() if isinstance(placement, PlacementIndex) else ()
 
 
 # ---- output -------------------------------------------------------------------------------
@@ -899,10 +960,18 @@ def to_json(report: Report) -> str:
     return json.dumps(out, indent=2)
 
 
+def to_html(report: Report) -> str:
+    """One self-contained HTML page (app/cli/htmlreport.py)."""
+    from app.cli.htmlreport import render
+
+    return render(report)
+
+
 RENDERERS: dict[str, Callable[[Report], str]] = {
     "table": to_table,
     "json": to_json,
     "markdown": to_markdown,
+    "html": to_html,
 }
 
 

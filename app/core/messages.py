@@ -110,6 +110,13 @@ def fix_command(ref: ImageRef, names: Mapping[str, str] | None = None) -> str:
 _RETRY = re.compile(r"conversion (failed \([A-Z_]+\)|canceled)\Z")
 
 
+def conversion_helps(reason: str) -> bool:
+    """Would starting a conversion (`fix_command`) help an image not streamable for `reason`?
+    Yes when it has no artifact or its last conversion failed or was canceled; not while one
+    is queued or running, nor for a failure no retry fixes."""
+    return not reason or reason == NO_ARTIFACT or bool(_RETRY.match(reason))
+
+
 def not_streamable(
     label: str, ref: ImageRef, reason: str, names: Mapping[str, str] | None = None
 ) -> str:
@@ -117,7 +124,7 @@ def not_streamable(
     running, failed for a reason no retry fixes) its reason is the message; the command that
     starts a conversion is added only where running it would help."""
     fix = fix_command(ref, names)
-    if not reason or reason == NO_ARTIFACT:
+    if not reason or reason == NO_ARTIFACT:  # (conversion_helps says the same)
         detail = f" has no streaming artifact; fix: {fix}"
     elif _RETRY.match(reason):
         detail = f": {' '.join(reason.split())}; retry: {fix}"

@@ -4,7 +4,10 @@
 (`RegistryObserver`), so one object counts everything; `serve_metrics` exposes it on its own
 port, so the admission port serves only admission. State that is cheaper to read at scrape
 time than to track (inventory age, pools by streaming ability, cache sizes) comes from
-callbacks given to `watch`.
+callbacks given to `watch` (gauges) and `watch_counter` (running totals kept elsewhere, exposed
+as counters with the `_total` suffix so `rate()` and `increase()` work on them). The process
+collector adds `process_*` (CPU seconds, resident memory, open and maximum file descriptors,
+start time) and `streamgate_build_info` says which release and revision is running.
 """
 
 from __future__ import annotations
@@ -13,14 +16,23 @@ import bisect
 import itertools
 import logging
 import math
+import platform
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from app import __version__
 from app.core.workloads import KINDS
 from app.registry.metrics import RegistryObserver
 
@@ -60,14 +72,18 @@ OTHER = "other"
 
 
 class _Probes(Collector):
-    """Gauges read at scrape time from callbacks."""
+    """Gauges and counters read at scrape time from callbacks."""
 
     def __init__(self) -> None:
-        self.probes: list[tuple[str, str, tuple[str, ...], Probe]] = []
+        self.probes: list[tuple[str, str, tuple[str, ...], Probe, bool]] = []
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        for name, doc, labels, probe in self.probes:
-            family = GaugeMetricFamily(name, doc, labels=list(labels))
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        for name, doc, labels, probe, counter in self.probes:
+            family: GaugeMetricFamily | CounterMetricFamily
+            if counter:
+                family = CounterMetricFamily(name, doc, labels=list(labels))
+            else:
+                family = GaugeMetricFamily(name, doc, labels=list(labels))
             try:
                 for values, number in probe():
                     family.add_metric([values[k] for k in labels], number)
@@ -139,9 +155,19 @@ class LoopHistogram(Collector):
 
 
 class Metrics(RegistryObserver):
-    def __init__(self) -> None:
+    def __init__(self, *, revision: str = "unknown") -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
+        # (read from /proc at scrape time; nothing on platforms without it).
+        ProcessCollector(registry=r)
+        build = Gauge(
+            "streamgate_build_info",
+            "Always 1: the release, source revision and Python running",
+            ["version", "revision", "python"],
+            registry=r,
+        )
+        build.labels(__version__, revision, platform.python_version()).set(1)
         self.admissions = LoopCounter(
             "streamgate_admission_requests",
             "Admission requests answered",
@@ -275,7 +301,13 @@ class Metrics(RegistryObserver):
     # ---- scrape-time gauges ---------------------------------------------------------------
 
     def watch(self, name: str, doc: str, labels: tuple[str, ...], probe: Probe) -> None:
-        self._probes.probes.append((name, doc, labels, probe))
+        """A gauge whose samples `probe` gives at each scrape."""
+        self._probes.probes.append((name, doc, labels, probe, False))
+
+    def watch_counter(self, name: str, doc: str, labels: tuple[str, ...], probe: Probe) -> None:
+        """A counter (`name` without `_total`; the wire name gets it) whose running totals
+        `probe` gives at each scrape. The totals must only grow for the life of the process."""
+        self._probes.probes.append((name, doc, labels, probe, True))
 
 
 def serve_metrics(metrics: Metrics, *, host: str, port: int) -> Any:

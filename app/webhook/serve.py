@@ -79,6 +79,8 @@ class ServeSettings:
     # --client-ca: admission requests must carry a client certificate signed by this CA
     # (self-managed control planes whose apiserver presents one; not possible on AKS).
     client_ca: Path | None = None
+    # The source revision, for streamgate_build_info (app/cli/version.py works it out).
+    revision: str = "unknown"
 
 
 class _PolicyHolder:
@@ -214,9 +216,13 @@ async def serve(
     ready: Callable[[], tuple[bool, str]] = _always_ready,
     background: list[Callable[[], Coroutine[Any, Any, None]]] | None = None,
     on_bad_request: Callable[[str, int], None] | None = None,
+    on_built: Callable[[Running], None] | None = None,
 ) -> None:
-    """Serve until stopped; `background` loops run beside the server and end with it."""
+    """Serve until stopped; `background` loops run beside the server and end with it.
+    `on_built` sees the configured server before it starts (metrics read its certificate)."""
     running = build_server(settings, admission, ready=ready, on_bad_request=on_bad_request)
+    if on_built is not None:
+        on_built(running)
     logger.info("streamgate listening on %s (validate, mutate, healthz, readyz)", running.url)
     if settings.client_ca is not None:
         logger.info("client certificates signed by %s required for admission", settings.client_ca)
@@ -259,11 +265,24 @@ def _probe_watches(metrics: Metrics, watches: Watches) -> None:
     metrics.watch("streamgate_node_pools", "Node pools by streaming ability", ("streaming",), pools)
 
 
+def _probe_certificate(metrics: Metrics, reloader: CertReloader) -> None:
+    def expiry() -> list[tuple[dict[str, str], float]]:
+        value = reloader.expires_at
+        return [] if value is None else [({}, value)]
+
+    metrics.watch(
+        "streamgate_certificate_expiry_timestamp_seconds",
+        "Unix time the serving certificate in use expires (follows reloads)",
+        (),
+        expiry,
+    )
+
+
 async def run_webhook(settings: ServeSettings) -> None:
     """Everything `streamgate serve` runs: policy, watches, registry client, metrics,
     policy reload, TLS server. Returns when the server stops."""
     policy = load_policy(settings.policy_path)
-    metrics = Metrics()
+    metrics = Metrics(revision=settings.revision)
     metrics.named_registries = policy.names_registry
     if settings.events and not settings.kube:
         raise SystemExit("streamgate serve: --events needs --kubeconfig (a path or in-cluster)")
@@ -271,9 +290,9 @@ async def run_webhook(settings: ServeSettings) -> None:
     source = RegistryVerdictSource(
         policy.registry, acr_hosts=policy.is_acr, aad_hosts=policy.may_get_aad, observer=metrics
     )
-    metrics.watch(
+    metrics.watch_counter(
         "streamgate_cache_lookups",
-        "Registry cache counters by cache and event",
+        "Registry cache hits, misses, stale answers and evictions by cache (running totals)",
         ("cache", "event"),
         lambda: [
             ({"cache": name, "event": event}, float(getattr(stats, event)))
@@ -296,15 +315,17 @@ async def run_webhook(settings: ServeSettings) -> None:
         observer=metrics,
     )
     memo = admission.memo
-    metrics.watch(
-        "streamgate_decision_memo",
-        "Decisions handed back from the per-template memo (hits), judged anew (misses), held",
+    metrics.watch_counter(
+        "streamgate_decision_memo_lookups",
+        "Decisions handed back from the per-template memo (hits) or judged anew (misses)",
         ("event",),
-        lambda: [
-            ({"event": "hits"}, float(memo.hits)),
-            ({"event": "misses"}, float(memo.misses)),
-            ({"event": "entries"}, float(len(memo))),
-        ],
+        lambda: [({"event": "hits"}, float(memo.hits)), ({"event": "misses"}, float(memo.misses))],
+    )
+    metrics.watch(
+        "streamgate_decision_memo_entries",
+        "Decisions held in the per-template memo",
+        (),
+        lambda: [({}, float(len(memo)))],
     )
     recorder = None
     if settings.events and settings.kube:
@@ -340,15 +361,23 @@ async def run_webhook(settings: ServeSettings) -> None:
     if watches:
         _probe_watches(metrics, watches)
         watches.start()
+    ready = watches.ready if watches else _always_ready
+    metrics.watch(
+        "streamgate_ready",
+        "1 when /readyz answers ready (node and namespace inventories listed), else 0",
+        (),
+        lambda: [({}, 1.0 if ready()[0] else 0.0)],
+    )
     try:
         await serve(
             settings,
             admission,
-            ready=watches.ready if watches else _always_ready,
+            ready=ready,
             background=background,
             on_bad_request=lambda endpoint, code: metrics.on_bad_request(
                 endpoint=endpoint, code=code
             ),
+            on_built=lambda running: _probe_certificate(metrics, running.reloader),
         )
     finally:
         if watches:

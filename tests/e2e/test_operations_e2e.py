@@ -66,13 +66,18 @@ def test_metrics_count_real_admissions(webhook, kubectl):
     assert value(after, "streamgate_image_verdicts_total", verdict="not-streamable") >= 4
     # The registry was asked at least once (referrers), and the cache answered later asks.
     assert value(after, "streamgate_registry_requests_total", registry=REGISTRY) > 0
-    assert value(after, "streamgate_cache_lookups", event="hits") > 0
+    assert value(after, "streamgate_cache_lookups_total", event="hits") > 0
     assert 1 <= value(after, "streamgate_cache_entries", cache="tags") <= 10000  # bounded LRU
     # Pods of one template: /validate of each and the later /mutates reuse one decision.
-    assert value(after, "streamgate_decision_memo", event="hits") > value(
-        before, "streamgate_decision_memo", event="hits"
-    )
-    assert 1 <= value(after, "streamgate_decision_memo", event="entries") <= 2048
+    memo = "streamgate_decision_memo_lookups_total"
+    assert value(after, memo, event="hits") > value(before, memo, event="hits")
+    assert 1 <= value(after, "streamgate_decision_memo_entries") <= 2048
+    # Build, process and certificate metrics (the alerts in chart/ rely on them).
+    assert value(after, "streamgate_build_info") == 1
+    assert value(after, "streamgate_ready") == 1
+    assert value(after, "process_resident_memory_bytes") > 0
+    assert value(after, "process_open_fds") > 0
+    assert value(after, "streamgate_certificate_expiry_timestamp_seconds") > time.time() + 86400
     # Node pools by streaming ability, from the live inventory (2 AKS-style pools stream...).
     assert value(after, "streamgate_node_pools", streaming="yes") >= 2
     assert value(after, "streamgate_node_pools", streaming="no") >= 7

@@ -6,6 +6,7 @@ what other test runs keep in the shared cluster."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import uuid
 from pathlib import Path
@@ -265,3 +266,133 @@ def test_explain_plain_has_no_streaming_artifact(cluster, workloads):
     assert "can stream: streamazl, streamub" in text
     doc = json.loads(explain(PLAIN, "-o", "json"))
     assert doc["verdict"] == "not-streamable" and doc["webhook"]["warnings"]
+
+
+CHROMIUM = ROOT / "hack" / "chromium.sh"
+
+
+def chromium(*args: str) -> str:
+    """hack/chromium.sh (installs Debian's chromium when missing); pages open with no network."""
+    out = subprocess.run(
+        [str(CHROMIUM), *args], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert out.returncode == 0, f"hack/chromium.sh {args[0]} failed:\n{out.stderr}"
+    return out.stdout
+
+
+def test_scan_html_in_headless_chromium(cluster, workloads, kubectl, tmp_path):
+    """The report of the seeded workloads, opened in Chromium without network: the script ran
+    (its CSP hash holds), the numbers match the scan's other outputs, and a screenshot is not
+    blank and shows the charts."""
+    from tests.support.png import colour_stats, read_png
+
+    apps, batch = workloads
+    base = ["scan", "--kubeconfig", str(cluster), "--policy", str(POLICY), "-n", f"{apps},{batch}"]
+    page = tmp_path / "report.html"
+    page.write_text(streamgate(*base, "-o", "html").stdout)
+    dom = chromium("dump-dom", str(page))
+    assert 'data-sortable="ready"' in dom  # the sorting script ran under the page's CSP
+    totals = json.loads(streamgate(*base, "-o", "json").stdout)["totals"]
+    assert f"{totals['willStream']} of {totals['workloads']} workloads" in dom  # 4 of 11
+    # the plain image: legacy (1 replica) and migrate (1 pod); its command as the table says it
+    table = streamgate(*base).stdout
+    fix = re.search(r"fix: (az acr artifact-streaming create \S+ \S+ \S+ demo/plain:v1)", table)
+    assert fix, table
+    row = re.search(r"<tr><td><code>([^<]*)</code></td>(.*?)</tr>", dom)
+    assert row and row.group(1) == PLAIN
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row.group(2))
+    assert cells[:2] == ["2", "2"] and cells[3] == f"<code>{fix.group(1)}</code>"
+    assert "<td>arm</td><td>no</td><td>arm64</td>" in dom  # a pool that can't stream, and why
+    assert f"<td>{batch}</td><td>CronJob</td><td>nightly</td>" in dom  # digest-pinned
+    png = tmp_path / "report.png"
+    chromium("screenshot", str(page), str(png), "1280x1400")
+    image = read_png(png.read_bytes())
+    assert (image.width, image.height) == (1280, 1400)
+    drawn, colours = colour_stats(image)
+    assert drawn > 0.05 and colours > 20, (drawn, colours)  # not blank: text, tables, charts
+    green = {image.pixel(x, y) for y in range(0, 1400, 2) for x in range(0, 1280, 2)}
+    assert (46, 125, 50) in green  # the streaming share's bars (#2e7d32)
+
+
+def test_scan_html_escapes_a_hostile_image(cluster, kubectl, tmp_path):
+    """An image string the apiserver accepts but that is HTML: shown as text in the browser's
+    DOM, never as an element."""
+    ns = f"sg-scan-evil-{uuid.uuid4().hex[:5]}"
+    kubectl("create", "namespace", ns)
+    try:
+        hostile = f'{REGISTRY}/demo/x:v1"><img src=x onerror=alert(1)>'
+        manifest = obj("Pod", "evil", ns, hostile)
+        kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
+        page = tmp_path / "evil.html"
+        page.write_text(
+            streamgate(
+                "scan",
+                "--kubeconfig",
+                str(cluster),
+                "--policy",
+                str(POLICY),
+                "-n",
+                ns,
+                "-o",
+                "html",
+            ).stdout
+        )
+        dom = chromium("dump-dom", str(page))
+        assert "<img" not in dom and "onerror=alert(1)&gt;" in dom
+    finally:
+        kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+# Clicks headers of the last table (every workload) as a user would and writes down the
+# order of one column after each click. Run by a test copy of the page whose CSP allows it.
+_CLICKS = """
+(function () {
+  var table = Array.prototype.slice.call(document.querySelectorAll("table.sortable")).pop();
+  var heads = Array.prototype.slice.call(table.tHead.rows[0].cells);
+  function col(name) { return heads.map(function (h) { return h.textContent; }).indexOf(name); }
+  function order(name) {
+    var i = col(name);
+    return Array.prototype.map.call(table.tBodies[0].rows, function (r) {
+      return r.cells[i].textContent;
+    }).join("|");
+  }
+  heads[col("name")].click();
+  document.body.setAttribute("data-name-up", order("name"));
+  heads[col("name")].click();
+  document.body.setAttribute("data-name-down", order("name"));
+  heads[col("pods")].click();
+  document.body.setAttribute("data-pods-up", order("pods"));
+  document.body.setAttribute("data-pods-sort", heads[col("pods")].getAttribute("aria-sort"));
+})();
+"""
+
+
+def test_scan_html_tables_sort_in_the_browser(cluster, workloads, tmp_path):
+    import base64
+    import hashlib
+    import html
+
+    apps, batch = workloads
+    page = streamgate(
+        "scan", "--kubeconfig", str(cluster), "--policy", str(POLICY), "-n", f"{apps},{batch}",
+        "-o", "html",
+    ).stdout  # fmt: skip
+    digest = base64.b64encode(hashlib.sha256(_CLICKS.encode()).digest()).decode()
+    harness = page.replace("script-src ", f"script-src 'sha256-{digest}' ", 1).replace(
+        "</body>", f"<script>{_CLICKS}</script></body>", 1
+    )
+    path = tmp_path / "sorting.html"
+    path.write_text(harness)
+    dom = chromium("dump-dom", str(path))
+
+    def attr(name: str) -> list[str]:
+        found = re.search(rf'{name}="([^"]*)"', dom)
+        assert found, f"{name} not set: the clicks did not run"
+        return html.unescape(found.group(1)).split("|")
+
+    names = attr("data-name-up")
+    assert len(names) == 11 and names == sorted(names)
+    assert attr("data-name-down") == sorted(names, reverse=True)
+    pods = [int(p.replace(",", "")) for p in attr("data-pods-up")]
+    assert pods == sorted(pods) and len(set(pods)) > 1
+    assert attr("data-pods-sort") == ["ascending"]

@@ -145,6 +145,8 @@ MODES = {
     "everything-on": {
         "networkPolicy": {"enabled": True},
         "serviceMonitor": {"enabled": True},
+        "prometheusRule": {"enabled": True, "labels": {"release": "kps"}},
+        "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "Admission"}},
         "events": {"enabled": True, "intervalSeconds": 600},
         "workloadIdentity": {"clientId": "00000000-0000-0000-0000-000000000001"},
         "podAntiAffinity": {"type": "hard"},
@@ -889,3 +891,32 @@ def test_client_auth_mounts_the_ca_and_passes_client_ca(default):
     assert {"name": "client-ca", "configMap": {"name": f"{FULLNAME}-client-ca"}} in volumes
     # the probes stay on the webhook port: the server serves them without a certificate
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def test_alerts_and_dashboard_are_opt_in_and_name_metrics_streamgate_exposes():
+
+    docs = render(
+        {
+            "prometheusRule": {"enabled": True, "labels": {"release": "kps"}},
+            "grafanaDashboard": {"enabled": True},
+            "webhook": {"timeoutSeconds": 10},
+        }
+    )
+    rule = one(docs, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "kps"
+    exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    fullname = one(docs, "Service")["metadata"]["name"]
+    assert all(f'job="{fullname}"' in e for e in exprs)  # the ServiceMonitor's job
+    latency = next(e for e in exprs if "admission_duration" in e)
+    assert latency.endswith("> 8")  # 0.8 of the 10 s webhook timeout
+    board = one(docs, "ConfigMap", f"{fullname}-dashboard")
+    assert board["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(board["data"]["streamgate.json"])
+    queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    # Every streamgate_* name they read is one the code registers (metrics.py, serve.py).
+    source = "".join(
+        (ROOT / "app" / f).read_text() for f in ("telemetry/metrics.py", "webhook/serve.py")
+    )
+    for name in set(re.findall(r"streamgate_[a-z_]+", " ".join(exprs + queries))):
+        base = re.sub(r"_(total|bucket|count|sum)$", "", name)
+        assert f'"{base}"' in source, name

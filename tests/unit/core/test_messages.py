@@ -142,3 +142,15 @@ def test_control_characters_are_written_as_escapes_in_warnings_and_denials():
     assert all(c.isprintable() for w in kept for c in w)
     text = denial("Pod", "p\x1bq", ["app: i\x00mage has no streaming artifact"])
     assert "\x1b" not in text and "\x00" not in text and "p\\x1bq" in text
+
+
+def test_conversion_helps_only_when_running_the_command_would():
+    from app.core.messages import conversion_helps
+
+    assert conversion_helps("")
+    assert conversion_helps("no streaming artifact")
+    assert conversion_helps("conversion failed (UNKNOWN_ERROR)")
+    assert conversion_helps("conversion canceled")
+    assert not conversion_helps("no streaming artifact yet; conversion running (40%)")
+    assert not conversion_helps("no streaming artifact yet; conversion queued")
+    assert not conversion_helps("streaming conversion failed (X): only linux/amd64 images convert")

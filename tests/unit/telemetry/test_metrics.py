@@ -95,3 +95,36 @@ def test_a_tenant_filling_the_registry_slots_cannot_hide_the_admins_registries()
     assert 'registry="registry.contoso.com"' in text
     assert 'registry="x.other.example"' not in text  # a pattern names no one registry
     assert 'registry="other"' in text
+
+
+def test_build_info_and_process_collectors():
+    import platform
+
+    from app import __version__
+
+    m = Metrics(revision="abc123def456")
+    out = text(m)
+    assert (
+        f'streamgate_build_info{{python="{platform.python_version()}",'
+        f'revision="abc123def456",version="{__version__}"}} 1.0'
+    ) in out
+    # The process collector reads /proc: CPU, resident memory and open file descriptors.
+    for name in ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"):
+        line = next(line for line in out.splitlines() if line.startswith(name + " "))
+        assert float(line.split()[1]) > 0, line
+
+
+def test_watched_counters_are_counters_with_total_and_follow_the_probe():
+    m = Metrics()
+    hits = {"n": 3.0}
+    m.watch_counter(
+        "streamgate_test_lookups", "doc", ("event",), lambda: [({"event": "hits"}, hits["n"])]
+    )
+    m.watch("streamgate_test_entries", "doc", (), lambda: [({}, 2.0)])
+    out = text(m)
+    assert "# TYPE streamgate_test_lookups_total counter" in out
+    assert 'streamgate_test_lookups_total{event="hits"} 3.0' in out
+    assert "# TYPE streamgate_test_entries gauge" in out
+    assert "streamgate_test_entries 2.0" in out
+    hits["n"] = 9.0
+    assert 'streamgate_test_lookups_total{event="hits"} 9.0' in text(m)
