@@ -30,7 +30,7 @@ from bench.context import Ctx, Settings
 from bench.load import ensure_wrk
 from bench.registry import olareg
 
-SECTIONS = ("warm", "cold", "apiserver", "scale", "workers", "pythons")
+SECTIONS = ("warm", "cold", "apiserver", "scale", "workers", "pythons", "kyverno", "replicas")
 
 
 def _kubeconfig(start: bool) -> str | None:
@@ -53,7 +53,7 @@ def _kubeconfig(start: bool) -> str | None:
 
 
 def _section(name: str) -> Callable[[Ctx], dict[str, Any]]:
-    from bench import apiserver, cold, pythons, scale, warm, workers
+    from bench import apiserver, cold, kyverno, pythons, replicas, scale, warm, workers
 
     return {
         "warm": warm.run,
@@ -62,6 +62,8 @@ def _section(name: str) -> Callable[[Ctx], dict[str, Any]]:
         "scale": scale.run,
         "workers": workers.run,
         "pythons": pythons.run,
+        "kyverno": kyverno.run,
+        "replicas": replicas.run,
     }[name]
 
 
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     reg = olareg(start=start)
     kube = None
-    if {"apiserver", "warm"} & set(sections) and not args.smoke:
+    if {"apiserver", "warm", "kyverno"} & set(sections) and not args.smoke:
         kube = _kubeconfig(start)
     ctx = Ctx(settings=settings, work=work, olareg=reg, kubeconfig=kube)
     began = time.monotonic()
