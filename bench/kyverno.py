@@ -110,10 +110,13 @@ def config_map(namespace: str, runid: str) -> dict[str, Any]:
     }
 
 
-def kyverno_args(binary: str, kubeconfig: str, port: int, metrics_port: int) -> list[str]:
+def kyverno_args(
+    binary: str, kubeconfig: str, namespace: str, port: int, metrics_port: int
+) -> list[str]:
     """The admission controller out of cluster: its webhook server on 127.0.0.1:`port`, the
     webhook configurations pointing there, every listener on the loopback, failurePolicy
-    Ignore forced on every webhook it registers."""
+    Ignore forced on every webhook it registers, its certificates in Secrets of `namespace`
+    (named as its chart names them)."""
     return [
         binary,
         f"--kubeconfig={kubeconfig}",
@@ -123,6 +126,8 @@ def kyverno_args(binary: str, kubeconfig: str, port: int, metrics_port: int) -> 
         "--metricsHost=127.0.0.1",
         f"--metricsPort={metrics_port}",
         "--controllerRuntimeMetricsAddress=0",
+        f"--caSecretName=kyverno-svc.{namespace}.svc.kyverno-tls-ca",
+        f"--tlsSecretName=kyverno-svc.{namespace}.svc.kyverno-tls-pair",
         "--forceFailurePolicyIgnore=true",
         "--webhookTimeout=10",
         "--disableLogColor",
@@ -138,6 +143,7 @@ def kyverno_env(namespace: str) -> dict[str, str]:
         "KYVERNO_DEPLOYMENT": "kyverno",
         "KYVERNO_SVC": "kyverno-svc",
         "INIT_CONFIG": "kyverno",
+        "METRICS_CONFIG": "kyverno-metrics",
     }
 
 
@@ -271,14 +277,15 @@ class Kyverno:
         self.kubectl("apply", "--server-side", "--force-conflicts", "-R", "-f", str(self.crd_dir))
         after = set(self.kubectl("get", "crd", "-o", "name").split())
         self.created_crds = sorted(after - before)
-        self.kubectl(
-            "wait", "--for=condition=Established", "--timeout=120s", *sorted(after - before)
-        )
+        if self.created_crds:
+            self.kubectl(
+                "wait", "--for=condition=Established", "--timeout=120s", *self.created_crds
+            )
         self.kubectl("create", "namespace", self.namespace)
         self.kubectl("apply", "-f", "-", stdin=json.dumps(config_map(self.namespace, self.runid)))
         self.proc = Proc(
             "kyverno",
-            kyverno_args(binary, self.kubeconfig, self.port, self.metrics_port),
+            kyverno_args(binary, self.kubeconfig, self.namespace, self.port, self.metrics_port),
             self.ctx.work / "logs" / "kyverno.log",
             env=kyverno_env(self.namespace),
         ).start()

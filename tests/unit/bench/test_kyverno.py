@@ -37,12 +37,13 @@ def test_the_cluster_policy_audits_the_image_registry_and_annotates_pods():
 
 
 def test_kyverno_runs_out_of_cluster_on_the_loopback_with_failure_policy_ignore():
-    args = kyverno.kyverno_args("/bin/kyverno", "/kc", 29443, 29444)
+    args = kyverno.kyverno_args("/bin/kyverno", "/kc", "ns-x", 29443, 29444)
     assert args[0] == "/bin/kyverno"
     assert "--serverIP=127.0.0.1:29443" in args and "--webhookServerPort=29443" in args
     assert "--webhookServerHost=127.0.0.1" in args and "--metricsHost=127.0.0.1" in args
     assert "--forceFailurePolicyIgnore=true" in args
     assert "--controllerRuntimeMetricsAddress=0" in args  # no listener on :8080
+    assert "--caSecretName=kyverno-svc.ns-x.svc.kyverno-tls-ca" in args
     assert kyverno.kyverno_env("ns-x")["KYVERNO_NAMESPACE"] == "ns-x"
 
 
