@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import time
 import uuid
@@ -201,6 +202,10 @@ def judge(runs: list[dict[str, Any]], ours: str) -> dict[str, Any]:
         "p50_met": None if worst_p50 is None else worst_p50 <= P50_RATIO_TARGET,
         "cpu_met": None if worst_cpu is None else worst_cpu <= CPU_RATIO_TARGET,
     }
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _cluster_pids() -> dict[str, int]:
@@ -530,7 +535,13 @@ def run(ctx: Ctx) -> dict[str, Any]:
             "cleanup_problems": problems,
         }
 
-    got = asyncio.run(main())
+    # A SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the clean-up in `main` runs
+    # and no Kyverno webhook stays registered on the shared cluster.
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        got = asyncio.run(main())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     creates = per_round * rounds
     return {
         **got,

@@ -548,7 +548,7 @@ def _pythons(p: dict[str, Any]) -> list[str]:
     return [*out, ""]
 
 
-KYVERNO_MODES = {"on": "two-call mode (as shipped)", "one": "one-call mode"}
+KYVERNO_MODES = {"on": "two-call mode, as shipped", "one": "one-call mode"}
 
 
 def _kyverno_targets(k: dict[str, Any]) -> list[str]:
@@ -594,6 +594,10 @@ def _kyverno(k: dict[str, Any]) -> list[str]:
         " Kyverno's asynchronous audit work); *apiserver + etcd* is their CPU during the"
         " side's rounds, per create.",
         "",
+        'Reproduce: `make bench BENCH_ARGS="--sections kyverno"` (the first run builds Kyverno,'
+        " 5–15 min on 2 cores; on a cluster shared with other test runs, hold the e2e lock:"
+        ' `flock -o /tmp/streamgate-e2e.lock make bench BENCH_ARGS="--sections kyverno"`).',
+        "",
     ]
     for i, run in enumerate(k["runs"], 1):
         out += [
@@ -625,10 +629,11 @@ def _kyverno(k: dict[str, Any]) -> list[str]:
             "",
         ]
     out += [
-        f"Kyverno wrote {k.get('reports', 0)} admission reports (EphemeralReports) in its"
-        " namespace during the run: each is an apiserver write and an etcd object, part of its"
-        " cost (in the apiserver + etcd column), and in a cluster its reports controller would"
-        " then aggregate them.",
+        f"Kyverno wrote {k.get('reports', 0)} admission reports (EphemeralReports) beside its"
+        " side's pods during the run (warm-up included): each is an apiserver write and an etcd"
+        " object, part of its cost (in the apiserver + etcd column); in a cluster its reports"
+        " controller would then read and aggregate them, which is not measured here. Not"
+        " measured either: a second Kyverno row with `verifyImages` against the local registry.",
         "",
     ]
     if k.get("cleanup_problems"):
@@ -664,7 +669,10 @@ def _replicas(r: dict[str, Any]) -> list[str]:
         f" cache; {r['admissions']} Pod admissions sent at once over {r['images']} images"
         " pushed just before and never asked about. Per replica: its admissions and registry"
         " requests from its own metrics (`streamgate_admission_requests_total`,"
-        " `streamgate_registry_requests_total`); all replicas together: olareg's own log.",
+        " `streamgate_registry_requests_total`); all replicas together: olareg's own log."
+        " A replica's requests per image divide its requests by all the run's images, also"
+        " those it happened not to be sent. Reproduce:"
+        ' `make bench BENCH_ARGS="--sections replicas"`.',
         "",
         "| run | admissions per replica | registry requests per replica | per image, per replica | per image, all replicas (mean / max) | admission p50 / p99 |",
         "|---|---|---|---|---|---|",

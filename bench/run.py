@@ -1,12 +1,13 @@
 """`make bench`: run every section, write docs/benchmarks.{md,json,png}.
 
-    python -m bench.run                      # everything (~15 min on 2 cores)
+    python -m bench.run                      # everything (~20 min on 2 cores, more the
+                                             # first time: hack/kyverno.sh builds Kyverno)
     python -m bench.run --sections warm,cold # some sections
     python -m bench.run --smoke --out DIR    # one short iteration (tests/unit/test_bench.py)
 
 Needs wrk (installed with apt-get when missing), the local registry (hack/registries.sh) and,
-for the API-server section, the local control plane (hack/cluster.sh); py-spy and matplotlib
-are installed into the virtualenv when missing.
+for the API-server and Kyverno sections, the local control plane (hack/cluster.sh); py-spy and
+matplotlib are installed into the virtualenv when missing.
 """
 
 from __future__ import annotations
