@@ -257,7 +257,7 @@ class Kyverno:
         return res.stdout
 
     def build(self) -> str:
-        log(f"kyverno: ensuring the {self.version} binary (hack/kyverno.sh; first build ~5 min)")
+        log(f"kyverno: ensuring the {self.version} binary (hack/kyverno.sh; first build 5–15 min)")
         binary = _tool(["bash", str(KYVERNO_SH)], "hack/kyverno.sh", timeout=1800)
         self.crd_dir = Path(
             _tool(["bash", str(KYVERNO_SH), "--crd-dir"], "hack/kyverno.sh --crd-dir").strip()

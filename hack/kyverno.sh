@@ -9,7 +9,7 @@
 # The wrapper module requires github.com/kyverno/kyverno at the pin and repeats
 # the `replace` directives of Kyverno's own go.mod (a dependency's replaces are
 # ignored by the go command), then builds ./cmd/kyverno with the local Go
-# toolchain. The first build takes ~4-8 minutes on 2 cores; a cached binary of
+# toolchain. The first build takes 5-15 minutes on 2 cores; a cached binary of
 # the pinned version is kept, so a warm run takes a second.
 #
 # Environment:
@@ -39,7 +39,7 @@ command -v go >/dev/null || die "go is not installed (need Go >= 1.26 to build K
 mkdir -p "$BIN" "$SRC" "$LOGS"
 export CGO_ENABLED=0 GOWORK=off GOFLAGS="${GOFLAGS:-} -mod=mod"
 
-# module_json FIELD: the downloaded module's Dir or GoMod.
+# module_field FIELD: the downloaded module's Dir or GoMod.
 module_field() {
   (cd "$SRC" && go mod download -json "github.com/kyverno/kyverno@$KYVERNO_VERSION" 2>>"$LOGS/kyverno.log") \
     | awk -F'"' -v f="$1" '$2 == f {print $4}'
@@ -76,7 +76,7 @@ kmod="$(module_field GoMod)"
 } >"$SRC/go.mod"
 rm -f "$SRC/go.sum"
 
-say "building kyverno $KYVERNO_VERSION (first build takes ~4-8 minutes on 2 cores)..."
+say "building kyverno $KYVERNO_VERSION (first build takes 5-15 minutes on 2 cores)..."
 tmp="$(mktemp -d "$BIN/.kyverno.XXXXXX")"
 start=$SECONDS
 if ! (cd "$SRC" && go build -trimpath \
