@@ -615,6 +615,8 @@ def _kyverno(k: dict[str, Any]) -> list[str]:
                 f" {_num(row.get('cluster_cpu_ms_per_create'))} | {_num(row.get('rss_mib'))} |"
             )
         r = run["ratios"]
+        if run.get("unjudged"):
+            out += ["", "**Not judged**: " + "; ".join(run["unjudged"]) + "."]
         out += [
             "",
             "streamgate against Kyverno: added p50 "

@@ -136,3 +136,22 @@ def test_the_build_script_names_the_pinned_version_and_writes_nothing_for_it():
         ["bash", str(kyverno.KYVERNO_SH), "--nope"], capture_output=True, text=True, check=False
     )
     assert bad.returncode == 2 and "unknown argument: --nope" in bad.stderr
+
+
+def test_a_side_that_stopped_judging_voids_the_targets():
+    marked = {"off": 0, "echo": 0, "on": 100, "one": 100, "kyverno": 40}
+    assert kyverno.unjudged(marked, 100) == ["Kyverno marked 40 of 100 creates"]
+    assert kyverno.unjudged({**marked, "kyverno": 100}, 100) == []
+    run = _run(10.0, 8.0)
+    run["unjudged"] = kyverno.unjudged(marked, 100)
+    assert kyverno.judge([run], "one")["p50_met"] is None
+    section = {
+        "apiserver_version": "v1",
+        "kyverno_version": "v1.19.1",
+        "creates_per_side_and_run": 100,
+        "rounds": 5,
+        "runs": [run],
+        "targets": {"one": kyverno.judge([run], "one")},
+    }
+    assert "**Not judged**: Kyverno marked 40 of 100 creates." in "\n".join(_kyverno(section))
+    assert "| n/a (worst of 1 runs) | n/a |" in "\n".join(_kyverno_targets(section))
