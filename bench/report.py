@@ -635,7 +635,8 @@ def _kyverno(k: dict[str, Any]) -> list[str]:
         " side's pods during the run (warm-up included): each is an apiserver write and an etcd"
         " object, part of its cost (in the apiserver + etcd column); in a cluster its reports"
         " controller would then read and aggregate them, which is not measured here. Not"
-        " measured either: a second Kyverno row with `verifyImages` against the local registry.",
+        " measured either: a second Kyverno row with `verifyImages` against the local registry"
+        " (bench/changes.md step 18 says why).",
         "",
     ]
     if k.get("cleanup_problems"):
