@@ -98,9 +98,16 @@ def pod(namespace: str, images: list[str]) -> dict[str, Any]:
 
 
 async def create_many(
-    client: httpx.AsyncClient, namespace: str, count: int, concurrency: int, images: list[str]
+    client: httpx.AsyncClient,
+    namespace: str,
+    count: int,
+    concurrency: int,
+    images: list[str],
+    *,
+    annotation_prefix: str = "streamgate.io/",
 ) -> tuple[list[float], float, int]:
-    """Create `count` pods, `concurrency` at a time: per-create ms, wall seconds, annotated."""
+    """Create `count` pods, `concurrency` at a time: per-create ms, wall seconds, and how many
+    came back with an annotation under `annotation_prefix` (the webhook's mark)."""
     sem = asyncio.Semaphore(concurrency)
     lat: list[float] = []
     annotated = 0
@@ -118,7 +125,7 @@ async def create_many(
         if resp.status_code != 201:
             raise RuntimeError(f"create in {namespace}: {resp.status_code} {resp.text[:300]}")
         annotations = resp.json()["metadata"].get("annotations") or {}
-        annotated += any(k.startswith("streamgate.io/") for k in annotations)
+        annotated += any(k.startswith(annotation_prefix) for k in annotations)
 
     t0 = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(count)))

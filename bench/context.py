@@ -31,6 +31,10 @@ class Settings:
     scale_nodes: int = 5000
     scale_pools: int = 100
     worker_trials: int = 14
+    replicas: int = 3  # streamgate processes behind one round-robin address
+    replicas_runs: int = 2
+    kyverno_pods: int = 600  # per side and run, one at a time
+    kyverno_runs: int = 2
     app_root: Path | None = None  # another checkout's `app` for the servers (before/after)
 
     @classmethod
@@ -52,6 +56,9 @@ class Settings:
             scale_nodes=50,
             scale_pools=5,
             worker_trials=2,
+            replicas_runs=1,
+            kyverno_pods=5,
+            kyverno_runs=1,
         )
 
 

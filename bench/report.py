@@ -161,6 +161,10 @@ def write(results: dict[str, Any], out: Path) -> None:
         lines += _workers(sections["workers"])
     if "pythons" in sections:
         lines += _pythons(sections["pythons"])
+    if "kyverno" in sections:
+        lines += _kyverno(sections["kyverno"])
+    if "replicas" in sections:
+        lines += _replicas(sections["replicas"])
     if CHANGES.exists():
         lines += ["", CHANGES.read_text().rstrip(), ""]
     lines += _method()
@@ -222,6 +226,14 @@ def _summary(sections: dict[str, Any]) -> list[str]:
                 f" webhook adds | {interval(one_call)} against {interval(noop_p50)} one at a"
                 f" time | {ok(one_call['value'] <= noop_p50['value'])} |"
             )
+    rows += _kyverno_targets(sections.get("kyverno", {}))
+    rep = sections.get("replicas", {})
+    if rep and "error" not in rep and rep.get("worst_replica_per_image") is not None:
+        rows.append(
+            f"| replicas: registry requests per image per replica ≤ ~3 ({rep['replicas']}"
+            f" replicas, {rep['admissions']} concurrent admissions) | worst replica"
+            f" {rep['worst_replica_per_image']:g} | {ok(rep['within_bound'])} |"
+        )
     scale = sections.get("scale", {})
     if scale and "error" not in scale and scale.get("p99_growth_ms") is not None:
         rows.append(
@@ -534,6 +546,156 @@ def _pythons(p: dict[str, Any]) -> list[str]:
     if p.get("fastest"):
         out += ["", f"Least CPU per request: Python {p['fastest']}."]
     return [*out, ""]
+
+
+KYVERNO_MODES = {"on": "two-call mode, as shipped", "one": "one-call mode"}
+
+
+def _kyverno_targets(k: dict[str, Any]) -> list[str]:
+    """The summary's rows for streamgate against Kyverno (worst run counts)."""
+    rows: list[str] = []
+    if not k or "error" in k or not k.get("targets"):
+        return rows
+    for mode, label in KYVERNO_MODES.items():
+        t = k["targets"].get(mode)
+        if not t:
+            continue
+        rows.append(
+            f"| Kyverno: streamgate's added p50 ≤ 0.25× Kyverno's, {label} |"
+            f" {_ratio(t['added_p50_ratio'])} (worst of {len(k['runs'])} runs) | {ok(t['p50_met'])} |"
+        )
+        rows.append(
+            f"| Kyverno: streamgate's CPU per create ≤ 0.1× Kyverno's, {label} |"
+            f" {_ratio(t['cpu_ratio'])} (worst of {len(k['runs'])} runs) | {ok(t['cpu_met'])} |"
+        )
+    return rows
+
+
+def _ratio(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}×"
+
+
+def _kyverno(k: dict[str, Any]) -> list[str]:
+    out = ["## Kyverno side by side", "", *_error(k)]
+    if "error" in k or "skipped" in k:
+        return out + ([k["skipped"], ""] if "skipped" in k else [])
+    out += [
+        f"Pods created one at a time on the local control plane (kube-apiserver"
+        f" {k.get('apiserver_version', '')}), {k['creates_per_side_and_run']} creates per side"
+        f" and run in {k['rounds']} interleaved rounds (each side goes first once), each side"
+        " in its own namespace: no webhook, the no-op webhook, streamgate in both modes and"
+        f" Kyverno {k['kyverno_version']} (built from its Go module by"
+        " [hack/kyverno.sh](../hack/kyverno.sh), run out of cluster, its webhooks limited to"
+        " its namespace by its ConfigMap; a ClusterPolicy on Pods with an Audit validate rule"
+        " on the image's registry and a mutate rule adding an annotation). *Added* is the"
+        " pooled p50/p99 of a side's creates minus those without a webhook (90 % bootstrap"
+        " interval). CPU per create is each webhook process's own (from /proc, during its"
+        " rounds; *whole run* also counts what it did during the other sides' rounds, e.g."
+        " Kyverno's asynchronous audit work); *apiserver + etcd* is their CPU during the"
+        " side's rounds, per create.",
+        "",
+        'Reproduce: `make bench BENCH_ARGS="--sections kyverno"` (the first run builds Kyverno,'
+        " 5–15 min on 2 cores; on a cluster shared with other test runs, hold the e2e lock:"
+        ' `flock -o /tmp/streamgate-e2e.lock make bench BENCH_ARGS="--sections kyverno"`).',
+        "",
+    ]
+    for i, run in enumerate(k["runs"], 1):
+        out += [
+            f"Run {i}:",
+            "",
+            "| side | p50 | p99 | added p50 | added p99 | CPU ms/create | whole run | apiserver + etcd ms/create | RSS MiB |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for side, row in run["sides"].items():
+            out.append(
+                f"| {_SIDES.get(side, side)} | {row['p50_ms']:g} ms | {row['p99_ms']:g} ms |"
+                f" {interval(row.get('added_p50_ms'))} | {interval(row.get('added_p99_ms'))} |"
+                f" {_num(row.get('cpu_ms_per_create'))} |"
+                f" {_num(row.get('whole_run_cpu_ms_per_create'))} |"
+                f" {_num(row.get('cluster_cpu_ms_per_create'))} | {_num(row.get('rss_mib'))} |"
+            )
+        r = run["ratios"]
+        if run.get("unjudged"):
+            out += ["", "**Not judged**: " + "; ".join(run["unjudged"]) + "."]
+        out += [
+            "",
+            "streamgate against Kyverno: added p50 "
+            + ", ".join(
+                f"{_ratio(r[m]['added_p50'])} ({KYVERNO_MODES[m]})" for m in KYVERNO_MODES if m in r
+            )
+            + "; CPU per create "
+            + ", ".join(
+                f"{_ratio(r[m]['cpu'])} ({KYVERNO_MODES[m]})" for m in KYVERNO_MODES if m in r
+            )
+            + ".",
+            "",
+        ]
+    out += [
+        f"Kyverno wrote {k.get('reports', 0)} admission reports (EphemeralReports) beside its"
+        " side's pods during the run (warm-up included): each is an apiserver write and an etcd"
+        " object, part of its cost (in the apiserver + etcd column); in a cluster its reports"
+        " controller would then read and aggregate them, which is not measured here. Not"
+        " measured either: a second Kyverno row with `verifyImages` against the local registry"
+        " (bench/changes.md step 18 says why).",
+        "",
+    ]
+    if k.get("cleanup_problems"):
+        out += ["Clean-up problems: " + "; ".join(k["cleanup_problems"]), ""]
+    return out
+
+
+_SIDES = {
+    "off": "no webhook",
+    "echo": "no-op webhook",
+    "on": "streamgate, two-call",
+    "one": "streamgate, one-call",
+    "kyverno": "Kyverno",
+}
+
+
+def _num(x: float | None) -> str:
+    return "–" if x is None else f"{x:g}"
+
+
+def _each(rows: list[dict[str, Any]], key: str) -> str:
+    return " / ".join(f"{x[key]:g}" for x in rows)
+
+
+def _replicas(r: dict[str, Any]) -> list[str]:
+    out = ["## Registry load with replicas", "", *_error(r)]
+    if "error" in r:
+        return out
+    out += [
+        f"{r['replicas']} `streamgate serve` processes behind one address (a round-robin TCP"
+        " balancer, [bench/roundrobin.py](../bench/roundrobin.py): each new connection to the"
+        " next replica, as a Service spreads the apiserver's connections), each with its own"
+        f" cache; {r['admissions']} Pod admissions sent at once over {r['images']} images"
+        " pushed just before and never asked about. Per replica: its admissions and registry"
+        " requests from its own metrics (`streamgate_admission_requests_total`,"
+        " `streamgate_registry_requests_total`); all replicas together: olareg's own log."
+        " A replica's requests per image divide its requests by all the run's images, also"
+        " those it happened not to be sent. Reproduce:"
+        ' `make bench BENCH_ARGS="--sections replicas"`.',
+        "",
+        "| run | admissions per replica | registry requests per replica | per image, per replica | per image, all replicas (mean / max) | admission p50 / p99 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i, run in enumerate(r["runs"], 1):
+        reps = run["replicas"]
+        out.append(
+            f"| {i} | {_each(reps, 'admissions')} | {_each(reps, 'registry_requests')} |"
+            f" {_each(reps, 'requests_per_image')} |"
+            f" {run['mean_requests_per_image']:g} / {run['max_requests_per_image']} |"
+            f" {run['p50_ms']:.0f} / {run['p99_ms']:.0f} ms |"
+        )
+    out += ["", "Requests per image by kind, all replicas together (every run):", ""]
+    out += ["| image kind | min | mean | max |", "|---|---|---|---|"]
+    for kind, info in r.get("by_kind", {}).items():
+        out.append(f"| {kind} | {info['min']} | {info['mean']:g} | {info['max']} |")
+    from bench.replicas import verdict
+
+    out += ["", f"Against the issue's bound: {verdict(r.get('worst_replica_per_image'))}.", ""]
+    return out
 
 
 def _method() -> list[str]:

@@ -1,12 +1,13 @@
 """`make bench`: run every section, write docs/benchmarks.{md,json,png}.
 
-    python -m bench.run                      # everything (~15 min on 2 cores)
+    python -m bench.run                      # everything (~20 min on 2 cores, more the
+                                             # first time: hack/kyverno.sh builds Kyverno)
     python -m bench.run --sections warm,cold # some sections
     python -m bench.run --smoke --out DIR    # one short iteration (tests/unit/test_bench.py)
 
 Needs wrk (installed with apt-get when missing), the local registry (hack/registries.sh) and,
-for the API-server section, the local control plane (hack/cluster.sh); py-spy and matplotlib
-are installed into the virtualenv when missing.
+for the API-server and Kyverno sections, the local control plane (hack/cluster.sh); py-spy and
+matplotlib are installed into the virtualenv when missing.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from bench.context import Ctx, Settings
 from bench.load import ensure_wrk
 from bench.registry import olareg
 
-SECTIONS = ("warm", "cold", "apiserver", "scale", "workers", "pythons")
+SECTIONS = ("warm", "cold", "apiserver", "scale", "workers", "pythons", "kyverno", "replicas")
 
 
 def _kubeconfig(start: bool) -> str | None:
@@ -53,7 +54,7 @@ def _kubeconfig(start: bool) -> str | None:
 
 
 def _section(name: str) -> Callable[[Ctx], dict[str, Any]]:
-    from bench import apiserver, cold, pythons, scale, warm, workers
+    from bench import apiserver, cold, kyverno, pythons, replicas, scale, warm, workers
 
     return {
         "warm": warm.run,
@@ -62,6 +63,8 @@ def _section(name: str) -> Callable[[Ctx], dict[str, Any]]:
         "scale": scale.run,
         "workers": workers.run,
         "pythons": pythons.run,
+        "kyverno": kyverno.run,
+        "replicas": replicas.run,
     }[name]
 
 
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     reg = olareg(start=start)
     kube = None
-    if {"apiserver", "warm"} & set(sections) and not args.smoke:
+    if {"apiserver", "warm", "kyverno"} & set(sections) and not args.smoke:
         kube = _kubeconfig(start)
     ctx = Ctx(settings=settings, work=work, olareg=reg, kubeconfig=kube)
     began = time.monotonic()
