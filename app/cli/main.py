@@ -48,6 +48,7 @@ from app.cli.scan import (
 )
 from app.cli.version import revision, version_line
 from app.cluster.nodes import NodeWatcher
+from app.cluster.webhookconfigs import RemovalError, remove_webhook_configurations
 from app.core import messages
 from app.core.nodes.placement import PlacementIndex
 from app.core.policy import Mode, Policy, PolicyError
@@ -120,6 +121,17 @@ def _serve(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     load_policy(settings.policy_path)  # refuse a bad policy before anything starts
     loops.run(run_webhook(settings), settings.loop)
+    return EXIT_OK
+
+
+def _uninstall_hook(args: argparse.Namespace) -> int:
+    api = kube_api(args.kubeconfig, args.context)
+    try:
+        removed = remove_webhook_configurations(api, args.webhook_config, timeout=args.timeout)
+    except RemovalError as err:
+        return _fail(f"uninstall-hook: {err}")
+    for item in removed:
+        print(item.line())
     return EXIT_OK
 
 
@@ -413,6 +425,35 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+def _add_uninstall_hook(sub: Any) -> None:
+    u = sub.add_parser(
+        "uninstall-hook",
+        help="delete the webhook configurations before the rest of a release "
+        "(the chart's pre-delete hook)",
+    )
+    u.add_argument(
+        "--webhook-config",
+        action="append",
+        required=True,
+        metavar="NAME",
+        help="name of a validating and mutating webhook configuration pair (repeatable)",
+    )
+    u.add_argument(
+        "--kubeconfig",
+        metavar="PATH|in-cluster",
+        help="'in-cluster' for the pod's service account (default: $KUBECONFIG or "
+        "~/.kube/config, as kubectl)",
+    )
+    u.add_argument("--context", help="the kubeconfig context to use (as kubectl --context)")
+    u.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the apiserver to report them gone (default %(default)s)",
+    )
+    u.set_defaults(func=_uninstall_hook)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamgate", description=__doc__)
     p.add_argument("--version", action=_VersionAction, help="show the version and revision")
@@ -519,6 +560,8 @@ def parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("completion", help="print a shell completion script")
     comp.add_argument("shell", choices=list(completion.SHELLS))
     comp.set_defaults(func=_completion)
+
+    _add_uninstall_hook(sub)
 
     t = sub.add_parser("certs", help="write a self-signed CA and serving pair")
     t.add_argument("dir", type=Path)

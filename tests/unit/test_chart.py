@@ -85,8 +85,12 @@ def helm(*args: str, values: dict[str, Any] | None = None, check: bool = True):
     )
 
 
-def render(values: dict[str, Any] | None = None, *extra: str) -> list[dict[str, Any]]:
-    out = helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, *extra, values=values)
+def render(
+    values: dict[str, Any] | None = None, *extra: str, hooks: bool = False
+) -> list[dict[str, Any]]:
+    """The release's objects (`hooks`: also the Helm hooks, e.g. the pre-delete Job)."""
+    flags = [*extra] if hooks else ["--no-hooks", *extra]
+    out = helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, *flags, values=values)
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
@@ -920,3 +924,58 @@ def test_alerts_and_dashboard_are_opt_in_and_name_metrics_streamgate_exposes():
     for name in set(re.findall(r"streamgate_[a-z_]+", " ".join(exprs + queries))):
         base = re.sub(r"_(total|bucket|count|sum)$", "", name)
         assert f'"{base}"' in source, name
+
+
+# ---- helm uninstall's pre-delete hook ------------------------------------------------------
+
+
+def test_the_pre_delete_hook_deletes_only_this_releases_webhook_configurations():
+    docs = render(hooks=True)
+    hooks = [d for d in docs if "helm.sh/hook" in (d["metadata"].get("annotations") or {})]
+    assert sorted(d["kind"] for d in hooks) == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Job",
+        "ServiceAccount",
+    ]
+    for d in hooks:
+        annotations = d["metadata"]["annotations"]
+        assert annotations["helm.sh/hook"] == "pre-delete"
+        assert "hook-succeeded" in annotations["helm.sh/hook-delete-policy"]
+    (role,) = [d for d in hooks if d["kind"] == "ClusterRole"]
+    assert role["rules"] == [
+        {
+            "apiGroups": ["admissionregistration.k8s.io"],
+            "resources": ["validatingwebhookconfigurations", "mutatingwebhookconfigurations"],
+            "resourceNames": [FULLNAME],
+            "verbs": ["get", "delete"],
+        }
+    ]
+    (job,) = [d for d in hooks if d["kind"] == "Job"]
+    # RBAC and ServiceAccount exist before the Job runs
+    assert int(role["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
+        job["metadata"]["annotations"]["helm.sh/hook-weight"]
+    )
+    pod = job["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"] == ["streamgate", "uninstall-hook"]
+    assert f"--webhook-config={FULLNAME}" in c["args"] and "--kubeconfig=in-cluster" in c["args"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    # the subcommand the Job runs parses these arguments
+    from app.cli.main import parser
+
+    args = parser().parse_args(["uninstall-hook", *c["args"]])
+    assert args.webhook_config == [FULLNAME] and args.kubeconfig == "in-cluster"
+
+
+def test_the_hook_can_be_turned_off_and_is_not_rendered_in_url_mode():
+    def hook_kinds(docs: list[dict[str, Any]]) -> list[str]:
+        return [
+            d["kind"] for d in docs if "helm.sh/hook" in (d["metadata"].get("annotations") or {})
+        ]
+
+    assert hook_kinds(render({"uninstallHook": {"enabled": False}}, hooks=True)) == []
+    assert hook_kinds(render(URL_VALUES, hooks=True)) == []
+    assert "/uninstallHook/timeoutSeconds" in render_error({"uninstallHook": {"timeoutSeconds": 1}})
