@@ -6,11 +6,19 @@ a second run starts nothing; a repository the front can't convert fails with its
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
+import ssl
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import yaml
 
 from app.cli.convert import Summary, convert
 from app.core.images import parse_image
@@ -20,6 +28,7 @@ from app.registry.source import RegistryVerdictSource
 from tests.support.registries import AcrFront, SeedResult, run_seeder
 
 pytestmark = pytest.mark.registry
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class StaticAad:
@@ -142,3 +151,88 @@ async def test_without_push_rights_nothing_starts_and_it_says_why(
         "on the repository (docs/remediation.md)"
     ]
     assert not summary.ok
+
+
+def cli(front: AcrFront, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m app <args>` with a policy that reaches the front as `docker login` would:
+    the null user and an ACR refresh token from the front's /oauth2/exchange."""
+    with httpx.Client(verify=ssl.create_default_context(cafile=front.ca_cert)) as http:
+        answer = http.post(
+            f"{front.url}/oauth2/exchange",
+            data={
+                "grant_type": "access_token",
+                "service": front.host,
+                "access_token": front.aad_token,
+            },
+        )
+    answer.raise_for_status()
+    settings = {
+        "acr": True,
+        "auth": "basic",
+        "username_env": "SG_TEST_USER",
+        "password_env": "SG_TEST_PASSWORD",
+        "ca_file": front.ca_cert,
+    }
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        yaml.safe_dump(
+            {"acrRegistries": [front.host], "registry": {"registries": {front.host: settings}}}
+        )
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "SG_TEST_USER": "00000000-0000-0000-0000-000000000000",
+        "SG_TEST_PASSWORD": answer.json()["refresh_token"],
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "app", args[0], "--policy", str(policy), *args[1:]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=env,
+    )
+
+
+def test_the_command_exit_codes_and_a_following_explain(
+    acr_front_referrers: AcrFront, tmp_path: Path
+) -> None:
+    front = acr_front_referrers
+    ns = f"convert-{secrets.token_hex(4)}"
+    bad_ns = f"convert-unsupported-{secrets.token_hex(4)}"
+    seed(front, ns)
+    seed(front, bad_ns)
+    plain, streamable = f"{front.host}/{ns}/plain:v1", f"{front.host}/{ns}/streamable:v1"
+    unsupported = f"{front.host}/{bad_ns}/plain:v1"
+
+    dry = cli(front, tmp_path, "convert", "--dry-run", plain, streamable)
+    assert (dry.returncode, dry.stderr) == (0, "")
+    assert dry.stdout.splitlines() == [
+        f"would start: {plain}",
+        f"{streamable}: streamable already; left alone",
+        "2 images: 1 to start, 1 already streamable",
+    ]
+
+    done = cli(front, tmp_path, "convert", plain, streamable)
+    assert (done.returncode, done.stderr) == (0, ""), done.stdout
+    assert done.stdout.splitlines()[-1] == (
+        "2 images: 1 started, 1 succeeded, 1 already streamable"
+    )
+    explained = cli(front, tmp_path, "explain", plain, "-o", "json")
+    assert explained.returncode == 0, explained.stderr
+    assert json.loads(explained.stdout)["verdict"] == "streamable"
+
+    again = cli(front, tmp_path, "convert", plain)
+    assert again.returncode == 0
+    assert again.stdout.splitlines() == [
+        f"{plain}: streamable already; left alone",
+        "1 image: 1 already streamable",
+    ]
+
+    failed = cli(front, tmp_path, "convert", unsupported)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert failed.stdout.splitlines()[-2:] == [
+        f"{unsupported}: failed (UNSUPPORTED_PLATFORM): only linux/amd64 images convert",
+        "1 image: 1 started, 1 failed",
+    ]
