@@ -29,6 +29,7 @@ from app.cli.check import (
     to_table,
 )
 from app.cli.checkformats import to_junit, to_sarif, to_yaml
+from app.cli.convert import ConvertError, Summary, convert
 from app.cli.explain import ExplainError, Explanation, explain
 from app.cli.explain import to_json as explain_json
 from app.cli.explain import to_text as explain_text
@@ -300,6 +301,31 @@ def _explain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _convert(args: argparse.Namespace) -> int:
+    policy = load_policy(args.policy)
+
+    def line(text: str) -> None:
+        print(_terminal_safe(text), flush=True)
+
+    async def run() -> Summary:
+        return await convert(
+            args.image,
+            policy,
+            out=line,
+            dry_run=args.dry_run,
+            wait=args.wait,
+            follow_seconds=args.timeout,
+        )
+
+    try:
+        summary = asyncio.run(run())
+    except ConvertError as err:
+        print(f"streamgate convert: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    line(summary.line(dry_run=args.dry_run))
+    return EXIT_OK if summary.ok else EXIT_DENIED
+
+
 def _pools(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy)
     if args.nodes:
@@ -412,6 +438,34 @@ def _add_explain(sub: Any) -> None:
     )
     e.add_argument("-o", "--output", choices=["text", "json"], default="text")
     e.set_defaults(func=_explain)
+
+
+def _add_convert(sub: Any) -> None:
+    c = sub.add_parser(
+        "convert",
+        help="ask ACR to convert images that can't stream yet, and follow the conversions",
+    )
+    c.add_argument("image", nargs="+", help="image references, as written in pod specs")
+    c.add_argument("--policy", type=Path, help="policy YAML (default: built-in defaults)")
+    c.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the conversions it would start, one line per image; start none",
+    )
+    c.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="follow each conversion to its end (default); --no-wait only starts them",
+    )
+    c.add_argument(
+        "--timeout",
+        type=float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="stop following after this long (default %(default)g); exit 1 if any still runs",
+    )
+    c.set_defaults(func=_convert)
 
 
 class _VersionAction(argparse.Action):
@@ -543,6 +597,7 @@ def parser() -> argparse.ArgumentParser:
     _add_check(sub)
     _add_scan(sub)
     _add_explain(sub)
+    _add_convert(sub)
 
     n = sub.add_parser("pools", help="list node pools and whether each can stream")
     n.add_argument("--kubeconfig", help="default: $KUBECONFIG or ~/.kube/config, as kubectl")
@@ -571,7 +626,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 ok; 1 `check` found what --fail-on names (a denial, or a warning);
+    """Exit codes: 0 ok; 1 `check` found what --fail-on names (a denial, or a warning), or
+    `convert` had a conversion fail (or still running at --timeout);
     2 bad input (usage, files, YAML, policy, kubeconfig, cluster unreachable; one line on
     stderr); 3 an internal error (one line; a bug to report); 130 interrupted."""
     args = parser().parse_args(argv)

@@ -33,9 +33,26 @@ FAILURE_CODES = frozenset(
         "IMAGE_NOT_RUNNABLE",
     }
 )
+# What each code means, for users (ACR troubleshooting doc, docs/aks-facts.md §5).
+FAILURE_MEANINGS = {
+    "UNKNOWN_ERROR": "an internal ACR error; try again",
+    "RESOURCE_NOT_FOUND": "the image is gone, or not yet replicated to this region",
+    "UNSUPPORTED_PLATFORM": "only linux/amd64 images convert",
+    "NO_SUPPORTED_PLATFORM_FOUND": "the image has no linux/amd64 platform; only that converts",
+    "UNSUPPORTED_MEDIATYPE": "the manifest type can't be converted (OCI or Docker v2 only)",
+    "UNSUPPORTED_ARTIFACT_TYPE": "it is already a streaming artifact, or another non-image",
+    "IMAGE_NOT_RUNNABLE": "the image is not runnable; only runnable linux/amd64 images convert",
+}
 _CODE_KEYS = ("failureCode", "errorCode", "code", "failureReason", "error", "errors", "details")
 _SAFE_CODE = re.compile(r"[A-Z][A-Z0-9_]{2,40}\Z")
 _PROGRESS = re.compile(r"\d{1,3}(?:\.\d+)?%?\Z")
+
+
+def failure_meaning(code: str | None) -> str:
+    """One short line on what a failure code means (unknown codes: say so)."""
+    if code is None:
+        return "ACR gave no failure code"
+    return FAILURE_MEANINGS.get(code, "a code streamgate doesn't know; see the ACR docs")
 
 
 class ConversionState(StrEnum):

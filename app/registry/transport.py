@@ -75,8 +75,10 @@ class RegistryTransport:
         endpoint: str,
         accept: Sequence[str] = (),
         params: Mapping[str, str] | None = None,
+        json_body: bytes | None = None,
     ) -> WireResponse:
-        """`target`: a path ("/v2/...") or an absolute URL on this registry (a `Link`)."""
+        """`target`: a path ("/v2/...") or an absolute URL on this registry (a `Link`).
+        `json_body`: a JSON request body (the conversion API's POSTs)."""
         self.circuit.check()
         try:
             response = await self._authorized(
@@ -86,6 +88,7 @@ class RegistryTransport:
                 endpoint=endpoint,
                 accept=accept,
                 params=params,
+                json_body=json_body,
             )
         except RateLimited as err:
             self.circuit.rate_limited(err.retry_after)
@@ -125,17 +128,30 @@ class RegistryTransport:
         endpoint: str,
         accept: Sequence[str],
         params: Mapping[str, str] | None,
+        json_body: bytes | None = None,
     ) -> WireResponse:
         header = await self.auth.header(scope)
         response = await self._follow(
-            method, url, authorization=header, endpoint=endpoint, accept=accept, params=params
+            method,
+            url,
+            authorization=header,
+            endpoint=endpoint,
+            accept=accept,
+            params=params,
+            json_body=json_body,
         )
         if response.status == 401:
             header = await self.auth.answer(
                 response.headers.get("www-authenticate"), scope, rejected=header
             )
             response = await self._follow(
-                method, url, authorization=header, endpoint=endpoint, accept=accept, params=params
+                method,
+                url,
+                authorization=header,
+                endpoint=endpoint,
+                accept=accept,
+                params=params,
+                json_body=json_body,
             )
             if response.status == 401:
                 self.auth.forget(scope, header)
@@ -167,12 +183,17 @@ class RegistryTransport:
         endpoint: str,
         accept: Sequence[str],
         params: Mapping[str, str] | None,
+        json_body: bytes | None = None,
     ) -> WireResponse:
         headers = {"Accept": ", ".join(accept)} if accept else {}
+        if json_body is not None:
+            headers["Content-Type"] = "application/json"
         for _ in range(MAX_REDIRECTS + 1):
             if authorization is not None:
                 headers["Authorization"] = authorization
-            request = self.http.build_request(method, url, params=params, headers=headers)
+            request = self.http.build_request(
+                method, url, params=params, headers=headers, content=json_body
+            )
             async with self._slots:
                 response = await send_bounded(
                     self.http,
@@ -200,7 +221,8 @@ class RegistryTransport:
             logger.debug("%s %s redirected to %s", self.registry, endpoint, target.host)
             url, params = target, None
             if response.status == 303:
-                method = "GET"
+                method, json_body = "GET", None
+                headers.pop("Content-Type", None)
         raise BadResponse(self.registry, "too many redirects")
 
     async def aclose(self) -> None:

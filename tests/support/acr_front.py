@@ -34,6 +34,17 @@ What it does, following Azure/acr ``docs/AAD-OAuth.md`` (see docs/registries.md)
   ``aud``, ``exp``/``nbf`` with docker-registry's 60 s leeway, an ``access`` entry for the
   repository and action) and answers ``401`` with the challenge as a registry would; for an
   upstream without auth (olareg), so that ACR auth can be tested together with the referrers API.
+* ``/acr/v1/`` conversion endpoints (docs/aks-facts.md §5, as azure-cli calls them): ``POST
+  {repo}/_streaming/{digest}`` (token with ``pull,push``) answers ``202`` with an operation
+  (``id``, ``status`` NotStarted); ``GET {repo}/_operations/{id}`` (``pull``) reports it:
+  ``Running`` (50 %) on the first poll, then ``Succeeded`` after pushing a real streaming
+  referrer (``hack/seed_registry.py``'s) for the digest into the registry behind the front, so
+  the ordinary referrers look-up finds it; ``GET {repo}/_streaming/{digest}`` shows the last
+  operation (404: never requested). A repository whose name contains a key of
+  ``conversion_failures`` (``unsupported`` -> ``UNSUPPORTED_PLATFORM``, ``notrunnable`` ->
+  ``IMAGE_NOT_RUNNABLE``) fails with that code instead; a digest the registry doesn't have fails
+  with ``RESOURCE_NOT_FOUND``. These endpoints always check the bearer token (401 with the
+  challenge without one, 403 when its scope lacks the action), ``--enforce-auth`` or not.
 * Every request is counted by method and path; ``GET /_front/stats`` shows the counts,
   ``POST /_front/stats/reset`` (or ``DELETE /_front/stats``) clears them, and
   ``GET/POST /_front/config`` reads/changes token lifetimes and switches at run time.
@@ -46,16 +57,20 @@ with :func:`create_app` / start one in a thread with :class:`FrontServer`.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import binascii
 import contextlib
+import importlib.util
+import io
 import json
 import re
 import secrets
+import sys
 import threading
 import time
 import uuid
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,6 +272,14 @@ class FrontConfig:
     # API, as ACR has. Checked like docker-registry does: signature, iss, aud, exp/nbf with
     # 60 s leeway, and an `access` entry for the repository and action.
     enforce_auth: bool = False
+    # Conversions of repositories whose name contains a key fail with its code (§5 codes).
+    conversion_failures: dict[str, str] = field(
+        default_factory=lambda: {
+            "unsupported": "UNSUPPORTED_PLATFORM",
+            "notrunnable": "IMAGE_NOT_RUNNABLE",
+        }
+    )
+    max_operations: int = 10_000
 
     @property
     def x5c(self) -> list[str]:
@@ -386,6 +409,54 @@ class CountingMiddleware:
             self.stats.record(scope["method"], scope["path"], status)
 
 
+# --------------------------------------------------------------------------- conversions
+
+_STREAMING_RE = re.compile(
+    r"^(?P<repo>[a-z0-9][a-z0-9._/-]*?)/_streaming/(?P<digest>sha256:[0-9a-f]{64})$"
+)
+_OPERATION_RE = re.compile(
+    r"^(?P<repo>[a-z0-9][a-z0-9._/-]*?)/_operations/(?P<id>[A-Za-z0-9-]{1,64})$"
+)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def seeder_module() -> Any:
+    """hack/seed_registry.py as a module (it makes the streaming referrer ACR would push)."""
+    name = "streamgate_seed_registry"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "hack" / "seed_registry.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@dataclass
+class Operation:
+    """One conversion, as the front tracks it."""
+
+    id: str
+    repo: str
+    digest: str
+    status: str = "NotStarted"
+    progress: int = 0
+    failure_code: str | None = None
+    polls: int = 0
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "repository": self.repo,
+            "digest": self.digest,
+            "status": self.status,
+            "progress": f"{self.progress}%",
+        }
+        if self.failure_code is not None:
+            out["errorCode"] = self.failure_code
+        return out
+
+
 # --------------------------------------------------------------------------- the app
 
 
@@ -444,7 +515,10 @@ class AcrFront:
                 methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
             ),
             Route("/v2", self.proxy, methods=["GET", "HEAD"]),
+            Route("/acr/v1/{path:path}", self.acr_v1, methods=["GET", "POST"]),
         ]
+        self.operations: OrderedDict[str, Operation] = OrderedDict()
+        self.last_operation: dict[tuple[str, str], str] = {}
         self.starlette = Starlette(routes=routes, lifespan=self._lifespan)
         self.app = CountingMiddleware(self.starlette, self.stats)
 
@@ -664,9 +738,14 @@ class AcrFront:
             action = "push"
         return m["name"], action
 
-    def _check_bearer(self, request: Request) -> Response | None:
-        """With enforce_auth: None when the request may pass, else the 401 to answer."""
-        need = self._required_access(request)
+    def _check_bearer(
+        self, request: Request, need: tuple[str, str] | None = None, *, forbid: bool = False
+    ) -> Response | None:
+        """None when the request may pass, else the 401 to answer. `need`: (repository,
+        actions) required, default from the /v2 path; `forbid`: a valid token whose scope
+        lacks the actions gets 403 (as ACR's data plane answers), not a 401 challenge."""
+        if need is None:
+            need = self._required_access(request)
         challenge = (
             f'Bearer realm="{self._realm(request)}",service="{self._public_service(request)}"'
         )
@@ -698,14 +777,19 @@ class AcrFront:
             )
         if need is None:
             return None
+        wanted = set(need[1].split(","))
         for entry in claims.get("access") or []:
-            if (
+            if not (
                 isinstance(entry, dict)
                 and entry.get("type") == "repository"
                 and entry.get("name") == need[0]
-                and (need[1] in (entry.get("actions") or []) or "*" in (entry.get("actions") or []))
             ):
+                continue
+            actions = set(entry.get("actions") or [])
+            if "*" in actions or wanted <= actions:
                 return None
+        if forbid:
+            return _acr_error(403, "DENIED", "requested access to the resource is denied")
         return _acr_error(
             401,
             "UNAUTHORIZED",
@@ -758,6 +842,89 @@ class AcrFront:
             (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in out_headers
         ]
         return response
+
+    # ---------------------------------------------------------------- /acr/v1 conversions
+
+    async def acr_v1(self, request: Request) -> Response:
+        path = request.path_params["path"]
+        m = _STREAMING_RE.match(path)
+        if m is not None:
+            repo, digest = m["repo"], m["digest"]
+            post = request.method == "POST"
+            refused = self._check_bearer(
+                request, (repo, "pull,push" if post else "pull"), forbid=True
+            )
+            if refused is not None:
+                return refused
+            return self._start(repo, digest) if post else self._last(repo, digest)
+        m = _OPERATION_RE.match(path)
+        if m is not None and request.method == "GET":
+            refused = self._check_bearer(request, (m["repo"], "pull"), forbid=True)
+            if refused is not None:
+                return refused
+            op = self.operations.get(m["id"])
+            if op is None or op.repo != m["repo"]:
+                return _acr_error(404, "NOT_FOUND", "operation not found")
+            await self._advance(op)
+            return JSONResponse(op.body())
+        return _acr_error(404, "NOT_FOUND", "no such endpoint")
+
+    def _start(self, repo: str, digest: str) -> Response:
+        current = self.operations.get(self.last_operation.get((repo, digest), ""))
+        if current is not None and current.status in ("NotStarted", "Running"):
+            return JSONResponse(current.body(), status_code=202)  # one conversion at a time
+        op = Operation(id=str(uuid.uuid4()), repo=repo, digest=digest)
+        self.operations[op.id] = op
+        self.last_operation[(repo, digest)] = op.id
+        while len(self.operations) > self.config.max_operations:
+            self.operations.popitem(last=False)
+        self.stats.event("conversion_started")
+        return JSONResponse(op.body(), status_code=202)
+
+    def _last(self, repo: str, digest: str) -> Response:
+        op = self.operations.get(self.last_operation.get((repo, digest), ""))
+        if op is None:
+            return _acr_error(404, "NOT_FOUND", "no conversion was requested for this image")
+        return JSONResponse(op.body())
+
+    async def _advance(self, op: Operation) -> None:
+        """One poll moves an operation on: NotStarted -> Running (50 %) -> Succeeded/Failed."""
+        op.polls += 1
+        if op.status == "NotStarted":
+            op.status, op.progress = "Running", 50
+            return
+        if op.status != "Running":
+            return
+        code = next(
+            (c for key, c in self.config.conversion_failures.items() if key in op.repo), None
+        )
+        if code is None:
+            pushed = await asyncio.to_thread(self._push_streaming_referrer, op.repo, op.digest)
+            code = None if pushed else "RESOURCE_NOT_FOUND"
+        if code is None:
+            op.status, op.progress = "Succeeded", 100
+            self.stats.event("conversion_succeeded")
+        else:
+            op.status, op.failure_code = "Failed", code
+            self.stats.event("conversion_failed")
+
+    def _push_streaming_referrer(self, repo: str, digest: str) -> bool:
+        """Push the streaming referrer ACR would make into the registry behind the front,
+        with a token this front signs (the token registry checks it; olareg ignores it)."""
+        seed = seeder_module()
+        reg = seed.Registry(self.config.upstream, plain_http=True)
+        try:
+            reg._tokens[repo] = self._new_access_token(
+                "acr-front-conversion", [("repository", repo, ["pull", "push"])], False
+            )
+            subject = reg.get_manifest(repo, digest)
+            if subject is None:
+                return False
+            referrer = seed.make_streaming_referrer(subject)
+            seed.Seeder(reg, out=io.StringIO()).attach(repo, subject, [referrer])
+            return True
+        finally:
+            reg.close()
 
     # ---------------------------------------------------------------- control API
 

@@ -112,6 +112,13 @@ CASES: list[tuple[list[str], dict[str, str], str]] = [
     (["explain", ""], {}, "empty"),
     (["explain", "x:1", "--policy", "{t}/missing.yaml"], {}, "cannot read"),
     (["explain", "x:1", "--kubeconfig", "{t}/missing.kubeconfig"], {}, "cannot load a kubeconfig"),
+    # convert
+    (["convert", "UPPER/Case:1"], {}, "UPPER/Case:1"),
+    (["convert", ""], {}, "empty"),
+    (["convert"], {}, "required"),
+    (["convert", "x:1", "--timeout", "0"], {}, "--timeout"),
+    (["convert", "x:1", "--timeout", "soon"], {}, "invalid float"),
+    (["convert", "x:1", "--policy", "{t}/missing.yaml"], {}, "cannot read"),
     # certs and serve
     (["certs", "{t}/afile/sub"], {}, "afile"),
     (["serve", "--policy", "{t}/badpolicy.yaml"], {}, "invalid policy"),

@@ -1,0 +1,88 @@
+"""Start and follow ACR streaming conversions (docs/aks-facts.md §5; ACR registries only).
+
+`POST /acr/v1/<repo>/_streaming/<digest>` with the conversion format starts one and answers
+202 with an operation (its `id`); `GET /acr/v1/<repo>/_operations/<id>` reports it. Starting
+needs a token with `pull,push` on the repository (what azure-cli asks for); reading needs
+`pull`. Nothing here deletes or tags anything.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from app.registry.conversion import NEVER_REQUESTED, ConversionStatus, parse_conversion
+from app.registry.errors import BadResponse
+from app.registry.manifests import pull_scope
+from app.registry.transport import RegistryTransport
+
+CONVERSION_REQUEST = json.dumps(
+    {"conversionFormat": "overlaybd", "conversionVersion": "v1"}, separators=(",", ":")
+).encode()
+_OPERATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+
+
+def push_scope(repository: str) -> str:
+    """The scope azure-cli requests to start a conversion (RepoAccessTokenPermission.PULL_PUSH)."""
+    return f"repository:{repository}:pull,push"
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    id: str | None  # None when ACR's answer carried no usable id
+    status: ConversionStatus
+
+
+def _operation(doc: dict[str, object]) -> Operation:
+    raw = doc.get("id")
+    op_id = raw if isinstance(raw, str) and _OPERATION_ID.match(raw) else None
+    return Operation(op_id, parse_conversion(doc))
+
+
+async def start_conversion(transport: RegistryTransport, repository: str, digest: str) -> Operation:
+    response = await transport.request(
+        "POST",
+        f"/acr/v1/{repository}/_streaming/{digest}",
+        scope=push_scope(repository),
+        endpoint="conversion-start",
+        json_body=CONVERSION_REQUEST,
+    )
+    if response.status not in (200, 201, 202):
+        raise BadResponse(
+            transport.registry, f"starting a conversion answered HTTP {response.status}"
+        )
+    return _operation(response.json_object(registry=transport.registry, what="conversion"))
+
+
+async def last_operation(transport: RegistryTransport, repository: str, digest: str) -> Operation:
+    """The last conversion of a digest, with its operation id (status NEVER_REQUESTED: none)."""
+    response = await transport.request(
+        "GET",
+        f"/acr/v1/{repository}/_streaming/{digest}",
+        scope=pull_scope(repository),
+        endpoint="conversion",
+    )
+    if response.status == 404:
+        return Operation(None, NEVER_REQUESTED)
+    if response.status != 200:
+        raise BadResponse(transport.registry, f"conversion status answered HTTP {response.status}")
+    return _operation(response.json_object(registry=transport.registry, what="conversion status"))
+
+
+async def operation_status(
+    transport: RegistryTransport, repository: str, operation_id: str
+) -> ConversionStatus:
+    response = await transport.request(
+        "GET",
+        f"/acr/v1/{repository}/_operations/{operation_id}",
+        scope=pull_scope(repository),
+        endpoint="conversion-operation",
+    )
+    if response.status != 200:
+        raise BadResponse(
+            transport.registry, f"conversion operation answered HTTP {response.status}"
+        )
+    return parse_conversion(
+        response.json_object(registry=transport.registry, what="conversion operation")
+    )

@@ -1,0 +1,206 @@
+"""`streamgate convert` against the in-memory registry (tests/unit/registry/test_fakes.py),
+whose hook plays ACR's conversion endpoints: the lines users read, idempotency, failures with
+their meaning, exit codes. The real registry and ACR front: tests/integration/test_convert.py."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import httpx
+import pytest
+
+from app.cli.convert import ConvertError, Summary, convert, plan_line, status_line
+from app.cli.main import EXIT_USAGE, main
+from app.core.conversions import ConversionAction, ConversionPlan
+from app.core.policy import parse_policy
+from app.registry.conversion import (
+    FAILURE_CODES,
+    FAILURE_MEANINGS,
+    ConversionState,
+    ConversionStatus,
+)
+from tests.unit.registry.test_fakes import FakeRegistry, FixedAad
+
+HOST = "reg.test"
+_POST = re.compile(r"^/acr/v1/(?P<repo>.+)/_streaming/(?P<digest>[^/]+)$")
+_OP = re.compile(r"^/acr/v1/(?P<repo>.+)/_operations/(?P<id>[^/]+)$")
+
+
+def policy() -> Any:
+    return parse_policy({"acrRegistries": [HOST], "registry": {"registries": {HOST: {}}}})
+
+
+class Acr:
+    """Conversions on the fake: started by POST, then running, then an end state."""
+
+    def __init__(self, reg: FakeRegistry, *, fail: str | None = None) -> None:
+        self.reg, self.fail = reg, fail
+        self.polls: dict[str, int] = {}
+        self.posts: list[str] = []
+        reg.hook = self.handle
+
+    async def handle(self, request: httpx.Request) -> httpx.Response | None:
+        path = request.url.path
+        m = _POST.match(path)
+        if m and request.method == "POST":
+            body = json.loads(request.content)
+            assert body == {"conversionFormat": "overlaybd", "conversionVersion": "v1"}
+            op = f"op{len(self.posts)}"
+            self.posts.append(m["digest"])
+            self.polls[op] = 0
+            status = {"id": op, "status": "NotStarted"}
+            self.reg.conversions[(m["repo"], m["digest"])] = status
+            return httpx.Response(202, json=status)
+        m = _OP.match(path)
+        if m:
+            self.polls[m["id"]] += 1
+            if self.polls[m["id"]] == 1:
+                return httpx.Response(
+                    200, json={"id": m["id"], "status": "Running", "progress": 40}
+                )
+            if self.fail:
+                return httpx.Response(
+                    200, json={"id": m["id"], "status": "Failed", "errorCode": self.fail}
+                )
+            return httpx.Response(200, json={"id": m["id"], "status": "Succeeded"})
+        return None
+
+
+async def run(reg: FakeRegistry, images: list[str], **kw: Any) -> tuple[Summary, list[str]]:
+    lines: list[str] = []
+    kw.setdefault("interval", 0.0)
+    summary = await convert(
+        images, policy(), out=lines.append, transport=reg.transport(), aad=FixedAad(), env={}, **kw
+    )
+    return summary, lines
+
+
+def test_every_failure_code_has_a_meaning() -> None:
+    assert set(FAILURE_MEANINGS) == FAILURE_CODES
+
+
+def test_status_lines() -> None:
+    img = "reg.test/a:v1"
+    run_ = ConversionStatus(ConversionState.RUNNING, progress="42%")
+    assert status_line(img, run_) == "reg.test/a:v1: running (42%)"
+    failed = ConversionStatus(ConversionState.FAILED, failure_code="UNSUPPORTED_PLATFORM")
+    assert status_line(img, failed) == (
+        "reg.test/a:v1: failed (UNSUPPORTED_PLATFORM): only linux/amd64 images convert"
+    )
+    assert "succeeded" in status_line(img, ConversionStatus(ConversionState.SUCCEEDED))
+
+
+def test_plan_lines_say_what_was_left_alone() -> None:
+    assert plan_line(ConversionPlan("a:v1", ConversionAction.START)) == "would start: a:v1"
+    assert plan_line(ConversionPlan("a:v1", ConversionAction.STREAMABLE)) == (
+        "a:v1: streamable already; left alone"
+    )
+    assert "not started again" in plan_line(ConversionPlan("a:v1", ConversionAction.FOLLOW))
+    unknown = plan_line(ConversionPlan("a:v1", ConversionAction.UNKNOWN, "registry timed out"))
+    assert unknown == "a:v1: can't tell whether it streams (registry timed out); nothing started"
+
+
+def test_summary_line_names_only_what_happened() -> None:
+    s = Summary(images=3, started=2, succeeded=1, failed=1, streamable=1)
+    assert s.line() == "3 images: 2 started, 1 succeeded, 1 failed, 1 already streamable"
+    assert not s.ok
+    assert Summary(images=1).line() == "1 image: nothing to do"
+
+
+async def test_dry_run_lists_only_what_it_would_start_and_starts_nothing() -> None:
+    reg = FakeRegistry()
+    acr = Acr(reg)
+    reg.image("demo/plain")
+    digest = reg.image("demo/streamable")
+    reg.referrer("demo/streamable", digest)
+    summary, lines = await run(
+        reg, [f"{HOST}/demo/plain:v1", f"{HOST}/demo/streamable:v1"], dry_run=True
+    )
+    assert lines == [
+        f"would start: {HOST}/demo/plain:v1",
+        f"{HOST}/demo/streamable:v1: streamable already; left alone",
+    ]
+    assert acr.posts == []
+    assert summary.ok and summary.would_start == 1
+
+
+async def test_convert_starts_follows_and_reports_each_change() -> None:
+    reg = FakeRegistry()
+    acr = Acr(reg)
+    digest = reg.image("demo/plain")
+    summary, lines = await run(reg, [f"{HOST}/demo/plain:v1"])
+    assert acr.posts == [digest]
+    assert lines == [
+        f"{HOST}/demo/plain:v1: conversion started (operation op0)",
+        f"{HOST}/demo/plain:v1: running (40%)",
+        f"{HOST}/demo/plain:v1: succeeded: the streaming artifact is in place",
+    ]
+    assert summary.ok and summary.started == 1 and summary.succeeded == 1
+
+
+async def test_a_running_conversion_is_followed_not_started_again() -> None:
+    reg = FakeRegistry()
+    acr = Acr(reg)
+    digest = reg.image("demo/plain")
+    reg.conversions[("demo/plain", digest)] = {"id": "op9", "status": "Running", "progress": 10}
+    acr.polls["op9"] = 0
+    summary, lines = await run(reg, [f"{HOST}/demo/plain:v1"])
+    assert acr.posts == []
+    assert lines[0] == f"{HOST}/demo/plain:v1: a conversion is already under way; not started again"
+    assert lines[-1].endswith("succeeded: the streaming artifact is in place")
+    assert summary.under_way == 1 and summary.ok
+
+
+async def test_failure_is_reported_with_code_and_meaning_and_exit_is_not_ok() -> None:
+    reg = FakeRegistry()
+    Acr(reg, fail="IMAGE_NOT_RUNNABLE")
+    reg.image("demo/tool")
+    summary, lines = await run(reg, [f"{HOST}/demo/tool:v1"])
+    assert lines[-1] == (
+        f"{HOST}/demo/tool:v1: failed (IMAGE_NOT_RUNNABLE): "
+        "the image is not runnable; only runnable linux/amd64 images convert"
+    )
+    assert not summary.ok and summary.failures == [f"{HOST}/demo/tool:v1"]
+
+
+async def test_no_wait_only_starts() -> None:
+    reg = FakeRegistry()
+    acr = Acr(reg)
+    reg.image("demo/plain")
+    summary, lines = await run(reg, [f"{HOST}/demo/plain:v1"], wait=False)
+    assert len(lines) == 1 and acr.polls == {"op0": 0}
+    assert summary.ok and summary.unfinished == 1
+
+
+async def test_a_refused_write_says_what_to_grant() -> None:
+    reg = FakeRegistry()
+
+    async def refuse(request: httpx.Request) -> httpx.Response | None:
+        return httpx.Response(403) if request.method == "POST" else None
+
+    reg.hook = refuse
+    reg.image("demo/plain")
+    summary, lines = await run(reg, [f"{HOST}/demo/plain:v1"])
+    assert lines == [
+        f"{HOST}/demo/plain:v1: failed: registry denied access: starting a conversion needs "
+        "push rights on the repository (docs/remediation.md)"
+    ]
+    assert not summary.ok
+
+
+async def test_bad_input_is_refused_before_anything_is_asked() -> None:
+    reg = FakeRegistry()
+    with pytest.raises(ConvertError, match="not an image reference"):
+        await run(reg, ["Not An Image!"])
+    with pytest.raises(ConvertError, match="--timeout"):
+        await run(reg, [f"{HOST}/a:v1"], follow_seconds=0)
+    assert reg.calls == []
+
+
+def test_cli_bad_image_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["convert", "UPPER CASE"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("streamgate convert: 'UPPER CASE' is not an image reference")
