@@ -979,3 +979,33 @@ def test_the_hook_can_be_turned_off_and_is_not_rendered_in_url_mode():
     assert hook_kinds(render({"uninstallHook": {"enabled": False}}, hooks=True)) == []
     assert hook_kinds(render(URL_VALUES, hooks=True)) == []
     assert "/uninstallHook/timeoutSeconds" in render_error({"uninstallHook": {"timeoutSeconds": 1}})
+
+
+# ---- AKS Admissions Enforcer, annotations and labels on the webhook configurations ---------
+
+
+def test_aks_admissions_enforcer_manages_by_default_and_can_be_turned_off(default):
+    for kind in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"):
+        annotations = one(default, kind)["metadata"].get("annotations") or {}
+        assert "admissions.enforcer/disabled" not in annotations
+    docs = render(
+        {
+            "webhook": {
+                "aksAdmissionsEnforcer": "disabled",
+                "annotations": {"example.com/owner": "platform"},
+                "labels": {"team": "platform"},
+            }
+        }
+    )
+    for kind in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"):
+        meta = one(docs, kind)["metadata"]
+        assert meta["annotations"] == {
+            "admissions.enforcer/disabled": "true",
+            "example.com/owner": "platform",
+        }
+        assert meta["labels"]["team"] == "platform"
+        assert meta["labels"]["app.kubernetes.io/name"] == "streamgate"
+    assert "/webhook/aksAdmissionsEnforcer" in render_error(
+        {"webhook": {"aksAdmissionsEnforcer": "off"}}
+    )
+    assert "/webhook/annotations" in render_error({"webhook": {"annotations": {"a": 1}}})
