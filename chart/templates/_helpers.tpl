@@ -116,3 +116,12 @@ exempt namespaces, namespaces the policy turns off, and webhook.excludeNamespace
 {{- fail (printf "policy.registry.deadlineSeconds (%v s) must be below webhook.timeoutSeconds (%v s): the webhook must answer before the apiserver gives up" $deadline .Values.webhook.timeoutSeconds) }}
 {{- end }}
 {{- end }}
+
+{{/* The pods' PriorityClass: the value given, else the chart's own when it creates one. */}}
+{{- define "streamgate.priorityClassName" -}}
+{{- if .Values.priorityClassName }}
+{{- .Values.priorityClassName }}
+{{- else if .Values.priorityClass.create }}
+{{- include "streamgate.fullname" . }}
+{{- end }}
+{{- end }}

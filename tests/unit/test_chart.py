@@ -127,6 +127,11 @@ def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return c
 
 
+def pod_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    spec: dict[str, Any] = one(docs, "Deployment")["spec"]["template"]["spec"]
+    return spec
+
+
 @pytest.fixture(scope="module")
 def default() -> list[dict[str, Any]]:
     return render()
@@ -335,6 +340,7 @@ def test_default_objects(default):
             "MutatingWebhookConfiguration",
             "NetworkPolicy",
             "PodDisruptionBudget",
+            "PriorityClass",
             "Role",
             "RoleBinding",
             "Service",
@@ -344,7 +350,12 @@ def test_default_objects(default):
             "ValidatingWebhookConfiguration",
         ]
     )
-    cluster_wide = ("ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy")
+    cluster_wide = (
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ValidatingAdmissionPolicy",
+        "PriorityClass",
+    )
     for d in default:
         if not d["kind"].startswith(cluster_wide) and not d["kind"].endswith(
             "WebhookConfiguration"
@@ -1009,3 +1020,75 @@ def test_aks_admissions_enforcer_manages_by_default_and_can_be_turned_off(defaul
         {"webhook": {"aksAdmissionsEnforcer": "off"}}
     )
     assert "/webhook/annotations" in render_error({"webhook": {"annotations": {"a": 1}}})
+
+
+# ---- knobs admins rely on ------------------------------------------------------------------
+
+
+def test_the_pods_get_the_charts_priority_class_unless_one_is_named(default):
+    (pc,) = [d for d in default if d["kind"] == "PriorityClass"]
+    assert pc["value"] == 1000000 and pc["globalDefault"] is False
+    assert pod_spec(default)["priorityClassName"] == pc["metadata"]["name"] == FULLNAME
+    named = render({"priorityClassName": "platform-critical"})
+    assert "PriorityClass" not in kinds(named)
+    assert pod_spec(named)["priorityClassName"] == "platform-critical"
+    off = render({"priorityClass": {"create": False}})
+    assert "PriorityClass" not in kinds(off) and "priorityClassName" not in pod_spec(off)
+    assert "/priorityClass/value" in render_error({"priorityClass": {"value": 2000000000}})
+
+
+def test_log_format_extra_volumes_and_per_webhook_timeouts(default):
+    assert "--log-format=json" in container(default)["args"]
+    assert _parse_serve_args(default).log_format == "json"
+    docs = render(
+        {
+            "logFormat": "text",
+            "extraVolumes": [{"name": "regpass", "secret": {"secretName": "reg"}}],
+            "extraVolumeMounts": [{"name": "regpass", "mountPath": "/etc/reg", "readOnly": True}],
+            "webhook": {
+                "validating": {"timeoutSeconds": 3},
+                "objectSelector": {
+                    "matchExpressions": [{"key": "streamgate.io/skip", "operator": "DoesNotExist"}]
+                },
+                "extraMatchConditions": [{"name": "not-ci", "expression": "true"}],
+            },
+        }
+    )
+    assert "--log-format=text" in container(docs)["args"]
+    assert {"name": "regpass", "mountPath": "/etc/reg", "readOnly": True} in container(docs)[
+        "volumeMounts"
+    ]
+    assert {"name": "regpass", "secret": {"secretName": "reg"}} in pod_spec(docs)["volumes"]
+    hooks = dict(webhooks(docs))
+    assert hooks["ValidatingWebhookConfiguration"]["timeoutSeconds"] == 3
+    assert hooks["MutatingWebhookConfiguration"]["timeoutSeconds"] == 5
+    for w in hooks.values():
+        assert w["objectSelector"]["matchExpressions"][0]["key"] == "streamgate.io/skip"
+        assert w["matchConditions"][-1] == {"name": "not-ci", "expression": "true"}
+    for bad, path in (
+        ({"logFormat": "xml"}, "/logFormat"),
+        ({"webhook": {"validating": {"timeoutSeconds": 31}}}, "/webhook/validating/timeoutSeconds"),
+        ({"webhook": {"extraMatchConditions": [{"name": "x"}]}}, "/webhook/extraMatchConditions/0"),
+        ({"extraVolumeMounts": [{"name": "x"}]}, "/extraVolumeMounts/0"),
+    ):
+        assert path in render_error(bad), bad
+
+
+def test_service_monitor_scrape_settings():
+    docs = render(
+        {
+            "serviceMonitor": {
+                "enabled": True,
+                "scrapeTimeout": "10s",
+                "relabelings": [{"action": "labeldrop", "regex": "pod"}],
+                "metricRelabelings": [{"action": "drop", "regex": "go_.*"}],
+            }
+        }
+    )
+    (endpoint,) = one(docs, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["scrapeTimeout"] == "10s"
+    assert endpoint["relabelings"] == [{"action": "labeldrop", "regex": "pod"}]
+    assert endpoint["metricRelabelings"] == [{"action": "drop", "regex": "go_.*"}]
+    assert "/serviceMonitor/scrapeTimeout" in render_error(
+        {"serviceMonitor": {"scrapeTimeout": "soon"}}
+    )
