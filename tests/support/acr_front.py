@@ -43,8 +43,9 @@ What it does, following Azure/acr ``docs/AAD-OAuth.md`` (see docs/registries.md)
   operation (404: never requested). A repository whose name contains a key of
   ``conversion_failures`` (``unsupported`` -> ``UNSUPPORTED_PLATFORM``, ``notrunnable`` ->
   ``IMAGE_NOT_RUNNABLE``) fails with that code instead; a digest the registry doesn't have fails
-  with ``RESOURCE_NOT_FOUND``. These endpoints always check the bearer token (401 with the
-  challenge without one, 403 when its scope lacks the action), ``--enforce-auth`` or not.
+  with ``RESOURCE_NOT_FOUND``. Starting a conversion always checks the bearer token (401 with
+  the challenge without one, 403 when its scope lacks push); the reads are checked like
+  ``/v2`` reads, only with ``--enforce-auth``.
 * Every request is counted by method and path; ``GET /_front/stats`` shows the counts,
   ``POST /_front/stats/reset`` (or ``DELETE /_front/stats``) clears them, and
   ``GET/POST /_front/config`` reads/changes token lifetimes and switches at run time.
@@ -851,17 +852,22 @@ class AcrFront:
         if m is not None:
             repo, digest = m["repo"], m["digest"]
             post = request.method == "POST"
-            refused = self._check_bearer(
-                request, (repo, "pull,push" if post else "pull"), forbid=True
-            )
-            if refused is not None:
-                return refused
+            # Reads are checked like /v2 (only with enforce_auth): an anonymous front must
+            # answer a look-up's conversion-status read as it answers its referrers read.
+            # Starting a conversion always needs a token with push.
+            if post or self.config.enforce_auth:
+                refused = self._check_bearer(
+                    request, (repo, "pull,push" if post else "pull"), forbid=True
+                )
+                if refused is not None:
+                    return refused
             return self._start(repo, digest) if post else self._last(repo, digest)
         m = _OPERATION_RE.match(path)
         if m is not None and request.method == "GET":
-            refused = self._check_bearer(request, (m["repo"], "pull"), forbid=True)
-            if refused is not None:
-                return refused
+            if self.config.enforce_auth:
+                refused = self._check_bearer(request, (m["repo"], "pull"), forbid=True)
+                if refused is not None:
+                    return refused
             op = self.operations.get(m["id"])
             if op is None or op.repo != m["repo"]:
                 return _acr_error(404, "NOT_FOUND", "operation not found")
