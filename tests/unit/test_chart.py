@@ -1092,3 +1092,63 @@ def test_service_monitor_scrape_settings():
     assert "/serviceMonitor/scrapeTimeout" in render_error(
         {"serviceMonitor": {"scrapeTimeout": "soon"}}
     )
+
+
+def test_topology_spread_constraints_are_a_list_with_the_pods_selector_filled_in(default):
+    dep = one(default, "Deployment")
+    selector = dep["spec"]["selector"]
+    spread = dep["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert [(c["topologyKey"], c["whenUnsatisfiable"], c["maxSkew"]) for c in spread] == [
+        ("topology.kubernetes.io/zone", "ScheduleAnyway", 1),
+        ("kubernetes.io/hostname", "ScheduleAnyway", 1),
+    ]
+    assert all(c["labelSelector"] == selector for c in spread)
+    own = {"matchLabels": {"team": "platform"}}
+    docs = render(
+        {
+            "topologySpreadConstraints": [
+                {"maxSkew": 2, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"},
+                {
+                    "maxSkew": 1,
+                    "topologyKey": "kubernetes.io/hostname",
+                    "whenUnsatisfiable": "ScheduleAnyway",
+                    "labelSelector": own,
+                    "minDomains": 2,
+                },
+            ]
+        }
+    )
+    first, second = pod_spec(docs)["topologySpreadConstraints"]
+    assert first == {
+        "maxSkew": 2,
+        "topologyKey": "zone",
+        "whenUnsatisfiable": "DoNotSchedule",
+        "labelSelector": selector,
+    }
+    assert second["labelSelector"] == own and second["minDomains"] == 2
+    assert "topologySpreadConstraints" not in pod_spec(render({"topologySpreadConstraints": []}))
+    for bad, path in (
+        # the 0.1 form: refused with the path, not silently ignored
+        ({"topologySpreadConstraints": {"enabled": True}}, "topologySpreadConstraints"),
+        (
+            {"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone"}]},
+            "whenUnsatisfiable",
+        ),
+        (
+            {
+                "topologySpreadConstraints": [
+                    {"maxSkew": 0, "topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway"}
+                ]
+            },
+            "/topologySpreadConstraints/0/maxSkew",
+        ),
+        (
+            {
+                "topologySpreadConstraints": [
+                    {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "Sometimes"}
+                ]
+            },
+            "/topologySpreadConstraints/0/whenUnsatisfiable",
+        ),
+    ):
+        assert path in render_error(bad), bad
