@@ -553,6 +553,10 @@ def test_events_off_by_default_and_on_with_their_rbac_rule(default):
     }
     # nothing else was added: events are the only write beyond the certificate rules
     assert len(rules) == len(_rules(one(default, "ClusterRole"))) + 1 + len(reads)
+    # Events are a side effect of admission, never made for a dry run
+    # (tests/unit/telemetry/test_events.py): the configurations say NoneOnDryRun, not None.
+    assert {w["sideEffects"] for _, w in webhooks(default)} == {"None"}
+    assert {w["sideEffects"] for _, w in webhooks(docs)} == {"NoneOnDryRun"}
 
 
 def test_ca_bundle_only_policy_with_self_managed_certificates_on_1_30_and_later():
