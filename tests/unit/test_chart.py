@@ -173,7 +173,7 @@ def test_lint_strict(values):
 @pytest.mark.parametrize("version", ["1.30.0", kubernetes_validate.latest_version()])
 @pytest.mark.parametrize("values", MODES.values(), ids=MODES.keys())
 def test_objects_valid_against_kubernetes_schemas(values, version):
-    docs = render(values, "--kube-version", version)
+    docs = render(values, "--kube-version", version, hooks=True)  # the pre-delete Job too
     checked = 0
     for doc in docs:
         if doc["apiVersion"].startswith(("cert-manager.io/", "monitoring.coreos.com/")):
@@ -978,6 +978,10 @@ def test_the_pre_delete_hook_deletes_only_this_releases_webhook_configurations()
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    # Pod Security "restricted" (the real check: tests/e2e/test_uninstall_hook_e2e.py)
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert "volumes" not in pod and "hostNetwork" not in pod
     # the subcommand the Job runs parses these arguments
     from app.cli.main import parser
 
