@@ -1100,6 +1100,9 @@ def test_service_monitor_scrape_settings():
     assert "/serviceMonitor/scrapeTimeout" in render_error(
         {"serviceMonitor": {"scrapeTimeout": "soon"}}
     )
+    assert endpoint["interval"] == "30s"
+    assert "/serviceMonitor/interval" in render_error({"serviceMonitor": {"interval": "30"}})
+    assert "/serviceMonitor/relabelings" in render_error({"serviceMonitor": {"relabelings": {}}})
 
 
 def test_topology_spread_constraints_are_a_list_with_the_pods_selector_filled_in(default):
