@@ -188,6 +188,8 @@ def test_helm_install_creates_every_object(release: Release, kubectl: Any) -> No
     # NOTES.txt says how to see it working
     assert f"rollout status deployment/{full}" in release.install_output
     assert "--dry-run=server" in release.install_output
+    # ...and that uninstall removes the webhook configurations first, through the hook
+    assert "a pre-delete hook Job, uninstallHook.enabled" in release.install_output
 
 
 def test_rbac_allows_what_the_webhook_needs_and_nothing_else(

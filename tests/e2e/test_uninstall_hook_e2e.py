@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import Kubectl
+from tests.unit.test_chart import render
 
 pytestmark = pytest.mark.e2e
 
@@ -94,3 +95,35 @@ def test_uninstall_hook_without_a_cluster_is_one_line_and_exit_2(tmp_path: Path)
     assert out.returncode == 2, out
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
     assert "uninstall-hook: cannot delete" in out.stderr
+
+
+def test_the_hook_jobs_pod_is_admitted_under_pod_security_restricted(kubectl: Kubectl) -> None:
+    """The chart's pre-delete Job must run in a release namespace that enforces Pod Security
+    "restricted": the apiserver's own PodSecurity admission judges the Job's pod template."""
+    namespace = f"sg-hookpsa-{uuid.uuid4().hex[:6]}"
+    (job,) = [d for d in render(hooks=True) if d["kind"] == "Job"]
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "uninstall-hook", "namespace": namespace},
+        "spec": {**job["spec"]["template"]["spec"], "serviceAccountName": "default"},
+    }
+    kubectl("create", "namespace", namespace)
+    try:
+        kubectl(
+            "label",
+            "namespace",
+            namespace,
+            "pod-security.kubernetes.io/enforce=restricted",
+            "pod-security.kubernetes.io/enforce-version=latest",
+        )
+        ok = kubectl("create", "--dry-run=server", "-f", "-", stdin=json.dumps(pod), check=False)
+        assert ok.returncode == 0, ok.stderr
+        assert "PodSecurity" not in ok.stderr, ok.stderr  # not even a warning
+        # control: the namespace really enforces it (the same pod, privilege escalation allowed)
+        (c,) = pod["spec"]["containers"]
+        c["securityContext"] = {**c["securityContext"], "allowPrivilegeEscalation": True}
+        bad = kubectl("create", "--dry-run=server", "-f", "-", stdin=json.dumps(pod), check=False)
+        assert bad.returncode != 0 and "PodSecurity" in bad.stderr, bad.stderr
+    finally:
+        kubectl("delete", "namespace", namespace, "--wait=false", check=False)

@@ -173,7 +173,7 @@ def test_lint_strict(values):
 @pytest.mark.parametrize("version", ["1.30.0", kubernetes_validate.latest_version()])
 @pytest.mark.parametrize("values", MODES.values(), ids=MODES.keys())
 def test_objects_valid_against_kubernetes_schemas(values, version):
-    docs = render(values, "--kube-version", version)
+    docs = render(values, "--kube-version", version, hooks=True)  # the pre-delete Job too
     checked = 0
     for doc in docs:
         if doc["apiVersion"].startswith(("cert-manager.io/", "monitoring.coreos.com/")):
@@ -553,6 +553,10 @@ def test_events_off_by_default_and_on_with_their_rbac_rule(default):
     }
     # nothing else was added: events are the only write beyond the certificate rules
     assert len(rules) == len(_rules(one(default, "ClusterRole"))) + 1 + len(reads)
+    # Events are a side effect of admission, never made for a dry run
+    # (tests/unit/telemetry/test_events.py): the configurations say NoneOnDryRun, not None.
+    assert {w["sideEffects"] for _, w in webhooks(default)} == {"None"}
+    assert {w["sideEffects"] for _, w in webhooks(docs)} == {"NoneOnDryRun"}
 
 
 def test_ca_bundle_only_policy_with_self_managed_certificates_on_1_30_and_later():
@@ -974,6 +978,10 @@ def test_the_pre_delete_hook_deletes_only_this_releases_webhook_configurations()
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    # Pod Security "restricted" (the real check: tests/e2e/test_uninstall_hook_e2e.py)
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert "volumes" not in pod and "hostNetwork" not in pod
     # the subcommand the Job runs parses these arguments
     from app.cli.main import parser
 
@@ -1092,3 +1100,66 @@ def test_service_monitor_scrape_settings():
     assert "/serviceMonitor/scrapeTimeout" in render_error(
         {"serviceMonitor": {"scrapeTimeout": "soon"}}
     )
+    assert endpoint["interval"] == "30s"
+    assert "/serviceMonitor/interval" in render_error({"serviceMonitor": {"interval": "30"}})
+    assert "/serviceMonitor/relabelings" in render_error({"serviceMonitor": {"relabelings": {}}})
+
+
+def test_topology_spread_constraints_are_a_list_with_the_pods_selector_filled_in(default):
+    dep = one(default, "Deployment")
+    selector = dep["spec"]["selector"]
+    spread = dep["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert [(c["topologyKey"], c["whenUnsatisfiable"], c["maxSkew"]) for c in spread] == [
+        ("topology.kubernetes.io/zone", "ScheduleAnyway", 1),
+        ("kubernetes.io/hostname", "ScheduleAnyway", 1),
+    ]
+    assert all(c["labelSelector"] == selector for c in spread)
+    own = {"matchLabels": {"team": "platform"}}
+    docs = render(
+        {
+            "topologySpreadConstraints": [
+                {"maxSkew": 2, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"},
+                {
+                    "maxSkew": 1,
+                    "topologyKey": "kubernetes.io/hostname",
+                    "whenUnsatisfiable": "ScheduleAnyway",
+                    "labelSelector": own,
+                    "minDomains": 2,
+                },
+            ]
+        }
+    )
+    first, second = pod_spec(docs)["topologySpreadConstraints"]
+    assert first == {
+        "maxSkew": 2,
+        "topologyKey": "zone",
+        "whenUnsatisfiable": "DoNotSchedule",
+        "labelSelector": selector,
+    }
+    assert second["labelSelector"] == own and second["minDomains"] == 2
+    assert "topologySpreadConstraints" not in pod_spec(render({"topologySpreadConstraints": []}))
+    for bad, path in (
+        # the 0.1 form: refused with the path, not silently ignored
+        ({"topologySpreadConstraints": {"enabled": True}}, "topologySpreadConstraints"),
+        (
+            {"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone"}]},
+            "whenUnsatisfiable",
+        ),
+        (
+            {
+                "topologySpreadConstraints": [
+                    {"maxSkew": 0, "topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway"}
+                ]
+            },
+            "/topologySpreadConstraints/0/maxSkew",
+        ),
+        (
+            {
+                "topologySpreadConstraints": [
+                    {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "Sometimes"}
+                ]
+            },
+            "/topologySpreadConstraints/0/whenUnsatisfiable",
+        ),
+    ):
+        assert path in render_error(bad), bad
