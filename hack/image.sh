@@ -4,6 +4,7 @@
 #   hack/image.sh build          build (or reuse) the image; print its ID, size and SBOM path
 #   hack/image.sh engine         print the engine used: docker or podman
 #   hack/image.sh run ARGS...    `<engine> run` with the flags this machine needs (see below)
+#   hack/image.sh cli ARGS...    `<engine> ARGS` (podman: with --runtime runc), e.g. `cli rm -f X`
 #   hack/image.sh cold-start     start the image as the chart runs it, time process start ->
 #                                /readyz ok (a self-signed certificate and the demo policy)
 #
@@ -37,7 +38,8 @@ IMAGE="${IMAGE:-streamgate:dev}"
 SUITE=bookworm                      # the Debian release of the Dockerfile's default base
 BASE_TAG="localhost/streamgate-base:python3.11-$SUITE"
 CA_BUNDLE="${STREAMGATE_IMAGE_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
-SBOM="$DIR/sbom.cdx.json"
+# One SBOM per image name, e.g. streamgate-dev.sbom.cdx.json for streamgate:dev.
+SBOM="$DIR/$(echo "${IMAGE##*/}" | tr ':@' '--').sbom.cdx.json"
 VENV="$ROOT/.venv/bin"
 
 CLEANUP=()
@@ -211,9 +213,12 @@ cmd_build() {
     local t0=$SECONDS
     eng "${args[@]}" "$ROOT" > "$DIR/build.log" 2>&1 || { tail -30 "$DIR/build.log" >&2; die "$ENGINE build failed"; }
     say "built in $((SECONDS - t0)) s"
-    rm -f "$SBOM"
   fi
-  [[ -s $SBOM ]] || sbom
+  # The SBOM describes this build (its key is kept beside it).
+  if [[ ! -s $SBOM || $(cat "$SBOM.key" 2>/dev/null) != "$key" ]]; then
+    sbom
+    echo "$key" > "$SBOM.key"
+  fi
   local id size
   id=$(eng image inspect --format '{{.Id}}' "$IMAGE")
   size=$(eng image inspect --format '{{.Size}}' "$IMAGE")
@@ -266,6 +271,7 @@ case "${1:-}" in
   build) cmd_build ;;
   engine) engine ;;
   run) shift; cmd_run "$@" ;;
+  cli) shift; ensure_engine; eng "$@" ;;
   cold-start) shift; cmd_cold_start "$@" ;;
-  *) echo "usage: $0 build | engine | run ARGS... | cold-start [RUNS]" >&2; exit 2 ;;
+  *) echo "usage: $0 build | engine | run ARGS... | cli ARGS... | cold-start [RUNS]" >&2; exit 2 ;;
 esac
