@@ -174,7 +174,9 @@ sbom() {
   lib=$(cd "$work/lib" && ls -d python3.*)
   host_python=$("$VENV/python" -c 'import sys; print(sys._base_executable)')
   mkdir -p "$work/venv/bin" "$work/venv/lib"
-  mv "$work/lib/$lib" "$work/venv/lib/$lib"
+  # Under the host Python's own version directory, so its site module finds the packages
+  # (only their metadata is read).
+  mv "$work/lib/$lib" "$work/venv/lib/$("$VENV/python" -c 'import sys; print("python%d.%d" % sys.version_info[:2])')"
   ln -s "$host_python" "$work/venv/bin/python"
   printf 'home = %s\ninclude-system-site-packages = false\n' "$(dirname "$host_python")" > "$work/venv/pyvenv.cfg"
   "$VENV/cyclonedx-py" environment --pyproject "$ROOT/pyproject.toml" --of JSON \
@@ -185,6 +187,9 @@ sbom() {
 cmd_build() {
   ensure_engine
   mkdir -p "$DIR"
+  # One build at a time on this machine (the base tarball and the tags are shared).
+  exec 9>"$DIR/build.lock"
+  flock 9
   local key; key=$(build_key)
   local have=""
   have=$(eng image inspect --format '{{index .Config.Labels "streamgate.build-key"}}' "$IMAGE" 2>/dev/null || true)

@@ -89,10 +89,14 @@ def image() -> str:
     return TAG
 
 
-def helm_template(release: str, namespace: str, *sets: str) -> list[dict]:
+def helm_template(
+    release: str, namespace: str, *sets: str, strings: tuple[str, ...] = ()
+) -> list[dict]:
     args = [helm_binary(), "template", release, str(CHART), "--namespace", namespace]
     for value in sets:
         args += ["--set", value]
+    for value in strings:  # kept strings even when they look like numbers
+        args += ["--set-string", value]
     out = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, f"helm template failed:\n{out.stderr}"
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
@@ -105,6 +109,9 @@ class Running:
     ca: Path
     namespace: str
     release: str
+    chart: list[dict]
+    work: Path
+    api: tuple[str, str]
 
 
 def _kubeconfig_ca(kubeconfig: Path) -> bytes:
@@ -113,6 +120,21 @@ def _kubeconfig_ca(kubeconfig: Path) -> bytes:
     if "certificate-authority-data" in cluster:
         return base64.b64decode(cluster["certificate-authority-data"])
     return Path(cluster["certificate-authority"]).read_bytes()
+
+
+def _service_account_dir(
+    kubectl: Kubectl, kubeconfig: Path, directory: Path, account: str, namespace: str
+) -> Path:
+    """What the kubelet mounts at /var/run/secrets/kubernetes.io/serviceaccount."""
+    directory.mkdir()
+    token = kubectl("create", "token", account, "-n", namespace, "--duration=1h").stdout
+    (directory / "token").write_text(token.strip())
+    (directory / "ca.crt").write_bytes(_kubeconfig_ca(kubeconfig))
+    (directory / "namespace").write_text(namespace)
+    _readable_by_pod(directory, 0o750)
+    for file in directory.iterdir():
+        _readable_by_pod(file, 0o440)
+    return directory
 
 
 def _readable_by_pod(path: Path, mode: int) -> None:
@@ -164,13 +186,14 @@ def running(
             f"metrics.port={metrics_port}",
         )
         fullname = f"{release}-streamgate"
+        # The webhook's and the uninstall hook's ServiceAccounts with their RBAC.
         rbac = [
             doc
             for doc in chart
             if doc["kind"] in {"ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
-            and doc["metadata"]["name"] == fullname
+            and doc["metadata"]["name"] in {fullname, f"{fullname}-uninstall"}
         ]
-        assert len(rbac) == 3, [d["kind"] for d in chart]
+        assert len(rbac) == 6, [d["kind"] for d in chart]
         kubectl(
             "apply",
             "-f",
@@ -178,13 +201,8 @@ def running(
             stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": rbac}),
         )
         applied += rbac
-        sa = work / "serviceaccount"
-        sa.mkdir()
-        token = kubectl("create", "token", fullname, "-n", namespace, "--duration=1h").stdout
-        (sa / "token").write_text(token.strip())
-        (sa / "ca.crt").write_bytes(_kubeconfig_ca(cluster))
-        (sa / "namespace").write_text(namespace)
-        for directory in (work / "tls", work / "policy", sa):
+        sa = _service_account_dir(kubectl, cluster, work / "serviceaccount", fullname, namespace)
+        for directory in (work / "tls", work / "policy"):
             _readable_by_pod(directory, 0o750)
             for file in directory.iterdir():
                 _readable_by_pod(file, 0o440)
@@ -227,7 +245,16 @@ def running(
                 logs = engine("logs", name, check=False)
                 raise AssertionError(f"the container never got ready:\n{logs.stdout}{logs.stderr}")
             time.sleep(0.2)
-        yield Running(name, port, work / "tls" / "ca.crt", namespace, release)
+        yield Running(
+            name,
+            port,
+            work / "tls" / "ca.crt",
+            namespace,
+            release,
+            chart,
+            work,
+            (api_host, api_port),
+        )
     finally:
         logs = engine("logs", name, check=False)
         (work / "container.log").write_text(logs.stdout + logs.stderr)
@@ -332,6 +359,7 @@ def _warnings(kubectl: Kubectl, namespace: str, example: str) -> list[str]:
 def test_admissions_through_the_apiserver_match_the_local_process(
     running: Running,
     kubectl: Kubectl,
+    cluster: Path,
     seeded_registry: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
@@ -348,7 +376,7 @@ def test_admissions_through_the_apiserver_match_the_local_process(
             f"webhook.caBundle={ca}",
             f"webhook.namespaceSelectorExpressions[0].key={RUN_LABEL}",
             "webhook.namespaceSelectorExpressions[0].operator=In",
-            f"webhook.namespaceSelectorExpressions[0].values[0]={suffix}",
+            strings=(f"webhook.namespaceSelectorExpressions[0].values[0]={suffix}",),
         )
         if doc["kind"].endswith("WebhookConfiguration")
     ]
@@ -369,6 +397,12 @@ def test_admissions_through_the_apiserver_match_the_local_process(
             probe_namespace=other,
         ):
             from_local = {ex: _warnings(kubectl, other, ex) for ex in EXAMPLES}
+        # helm uninstall's pre-delete hook, the chart's Job command in this image: both
+        # configurations go.
+        _run_uninstall_hook(running, kubectl, cluster)
+        for doc in hooks:
+            gone = kubectl("get", doc["kind"], doc["metadata"]["name"], check=False)
+            assert gone.returncode != 0 and "NotFound" in gone.stderr, doc["kind"]
     finally:
         kubectl("delete", "-f", "-", "--ignore-not-found", stdin=manifest, check=False)
         kubectl("delete", "namespace", other, "--wait=false", check=False)
@@ -384,3 +418,29 @@ def _wait_for_warning(kubectl: Kubectl, namespace: str, timeout: float = 30) -> 
             return
         time.sleep(0.5)
     raise AssertionError("the apiserver never called the container's webhook")
+
+
+def _run_uninstall_hook(running: Running, kubectl: Kubectl, cluster: Path) -> None:
+    job = next(d for d in running.chart if d["kind"] == "Job")
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    account = job["spec"]["template"]["spec"]["serviceAccountName"]
+    sa = _service_account_dir(
+        kubectl, cluster, running.work / "hook-serviceaccount", account, running.namespace
+    )
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] and security["capabilities"]["drop"] == ["ALL"]
+    user = f"{security.get('runAsUser', UID)}:{security.get('runAsGroup', UID)}"
+    out = engine(
+        "run", "--rm", "--network", "host",
+        "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
+        "--read-only", "--user", user, "--cap-drop", "ALL",
+        "--security-opt", "no-new-privileges",
+        "-v", f"{sa}:{SA_DIR}:ro",
+        "-e", f"KUBERNETES_SERVICE_HOST={running.api[0]}",
+        "-e", f"KUBERNETES_SERVICE_PORT={running.api[1]}",
+        # the Job's command, resolved through the image's PATH as the kubelet would
+        "--entrypoint", container["command"][0],
+        TAG, *container["command"][1:], *container["args"],
+        check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, f"the uninstall hook failed:\n{out.stdout}\n{out.stderr}"
