@@ -124,11 +124,12 @@ debian_base() {
       "$SUITE" "$DIR/base.partial.tar" "$sources" || { rm -f "$DIR/base.partial.tar"; die "mmdebstrap failed"; }
     mv "$DIR/base.partial.tar" "$tar"
   fi
-  if ! eng image inspect "$BASE_TAG" >/dev/null 2>&1 || [[ $(eng image inspect --format '{{index .Labels "streamgate.base-tar"}}' "$BASE_TAG" 2>/dev/null) != "$(stat -c %Y "$tar")" ]]; then
-    eng import --change "LABEL streamgate.base-tar=$(stat -c %Y "$tar")" \
-      --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+  # Imported again when the tarball changed (its mtime is kept in base.imported).
+  if ! eng image inspect "$BASE_TAG" >/dev/null 2>&1 || [[ $(cat "$DIR/base.imported" 2>/dev/null) != "$(stat -c %Y "$tar")" ]]; then
+    eng import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
       --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' "$tar" "$BASE_TAG" >"$DIR/import.log" 2>&1 ||
       { cat "$DIR/import.log" >&2; die "$ENGINE import of $tar failed"; }
+    stat -c %Y "$tar" > "$DIR/base.imported"
   fi
   echo "$BASE_TAG"
 }
