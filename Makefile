@@ -55,9 +55,8 @@ constraints: install ## re-pin constraints.txt from the current virtualenv
 	@mv constraints.txt.new constraints.txt
 
 IMAGE ?= streamgate:dev
-image: ## build the container image (needs a Docker engine)
-	@docker info >/dev/null 2>&1 || { echo "make image: no Docker engine here; build on a machine with Docker" >&2; exit 1; }
-	docker build --build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null) -t $(IMAGE) .
+image: install ## build the container image: Docker, else podman (installed when missing); prints ID, size, SBOM path
+	@IMAGE=$(IMAGE) hack/image.sh build
 
 reliability: install ## long reliability runs (24,000 fuzz cases, 5-min soak, faults, safety, security; ~15 min): docs/reliability.md
 	@out=$(VENV)/reliability; rm -rf $$out; mkdir -p $$out; \
