@@ -43,7 +43,12 @@ What it does, following Azure/acr ``docs/AAD-OAuth.md`` (see docs/registries.md)
   operation (404: never requested). A repository whose name contains a key of
   ``conversion_failures`` (``unsupported`` -> ``UNSUPPORTED_PLATFORM``, ``notrunnable`` ->
   ``IMAGE_NOT_RUNNABLE``) fails with that code instead; a digest the registry doesn't have fails
-  with ``RESOURCE_NOT_FOUND``. Starting a conversion always checks the bearer token (401 with
+  with ``RESOURCE_NOT_FOUND``. ``GET {repo}/_streaming`` (``pull``) answers the repository's
+  auto-conversion settings (``convertPushedImages`` false until set); ``POST {repo}/_streaming``
+  (``pull,push``) with ``{"convertPushedImages": bool, "conversionFormat": "overlaybd",
+  "conversionVersion": "v1"}`` sets it and answers them with ``status`` Succeeded, as
+  azure-cli's ``artifact-streaming show/update`` read them (pushes are not converted by it
+  here). Starting a conversion or changing that setting always checks the bearer token (401 with
   the challenge without one, 403 when its scope lacks push); the reads are checked like
   ``/v2`` reads, only with ``--enforce-auth``.
 * Every request is counted by method and path; ``GET /_front/stats`` shows the counts,
@@ -415,6 +420,7 @@ class CountingMiddleware:
 _STREAMING_RE = re.compile(
     r"^(?P<repo>[a-z0-9][a-z0-9._/-]*?)/_streaming/(?P<digest>sha256:[0-9a-f]{64})$"
 )
+_REPO_STREAMING_RE = re.compile(r"^(?P<repo>[a-z0-9][a-z0-9._/-]*?)/_streaming$")
 _OPERATION_RE = re.compile(
     r"^(?P<repo>[a-z0-9][a-z0-9._/-]*?)/_operations/(?P<id>[A-Za-z0-9-]{1,64})$"
 )
@@ -520,6 +526,7 @@ class AcrFront:
         ]
         self.operations: OrderedDict[str, Operation] = OrderedDict()
         self.last_operation: dict[tuple[str, str], str] = {}
+        self.auto_conversion: dict[str, bool] = {}  # repository -> convertPushedImages
         self.starlette = Starlette(routes=routes, lifespan=self._lifespan)
         self.app = CountingMiddleware(self.starlette, self.stats)
 
@@ -862,6 +869,9 @@ class AcrFront:
                 if refused is not None:
                     return refused
             return self._start(repo, digest) if post else self._last(repo, digest)
+        m = _REPO_STREAMING_RE.match(path)
+        if m is not None:
+            return await self._repo_streaming(request, m["repo"])
         m = _OPERATION_RE.match(path)
         if m is not None and request.method == "GET":
             if self.config.enforce_auth:
@@ -874,6 +884,50 @@ class AcrFront:
             await self._advance(op)
             return JSONResponse(op.body())
         return _acr_error(404, "NOT_FOUND", "no such endpoint")
+
+    def _repo_settings(self, repo: str) -> dict[str, Any]:
+        return {
+            "convertPushedImages": self.auto_conversion.get(repo, False),
+            "conversionFormat": "overlaybd",
+            "conversionVersion": "v1",
+        }
+
+    async def _repo_streaming(self, request: Request, repo: str) -> Response:
+        """A repository's auto-conversion of pushed images, as `az acr artifact-streaming
+        show/update` read and set it: GET (pull) answers the settings, ``convertPushedImages``
+        false until set; POST (pull,push, else 403) with ``{"convertPushedImages": bool,
+        "conversionFormat": "overlaybd", "conversionVersion": "v1"}`` sets it and answers the
+        settings with ``status`` Succeeded (azure-cli's test checks those four fields)."""
+        post = request.method == "POST"
+        if post or self.config.enforce_auth:
+            refused = self._check_bearer(
+                request, (repo, "pull,push" if post else "pull"), forbid=True
+            )
+            if refused is not None:
+                return refused
+        if not post:
+            return JSONResponse(self._repo_settings(repo))
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if (
+            not isinstance(body, dict)
+            or not isinstance(body.get("convertPushedImages"), bool)
+            or body.get("conversionFormat") != "overlaybd"
+            or body.get("conversionVersion") != "v1"
+        ):
+            return _acr_error(
+                400,
+                "BAD_REQUEST",
+                'expected {"convertPushedImages": true|false, "conversionFormat": "overlaybd", '
+                '"conversionVersion": "v1"}',
+            )
+        self.auto_conversion[repo] = body["convertPushedImages"]
+        self.stats.event(
+            "auto_conversion_on" if body["convertPushedImages"] else "auto_conversion_off"
+        )
+        return JSONResponse({**self._repo_settings(repo), "status": "Succeeded"})
 
     def _start(self, repo: str, digest: str) -> Response:
         current = self.operations.get(self.last_operation.get((repo, digest), ""))
