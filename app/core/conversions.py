@@ -125,7 +125,3 @@ def select_images(uses: list[ImageUse]) -> Selection:
             skipped.append(Skipped(image, f"the report gives no verdict for it ({verdict!r})"))
     return Selection(tuple(chosen), tuple(skipped))
 
-
-def repositories(images: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """(registry, repository) pairs, each once, in the order given."""
-    return list(dict.fromkeys(images))
