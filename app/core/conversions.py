@@ -124,4 +124,3 @@ def select_images(uses: list[ImageUse]) -> Selection:
         elif verdict != Verdict.NOT_ACR.value:
             skipped.append(Skipped(image, f"the report gives no verdict for it ({verdict!r})"))
     return Selection(tuple(chosen), tuple(skipped))
-
