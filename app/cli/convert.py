@@ -232,6 +232,24 @@ class Summary:
         return text
 
 
+# What to do about each failure code (its meaning: app/registry/conversion.py; docs/cli.md).
+FAILURE_FIXES = {
+    "UNKNOWN_ERROR": "run the same command again",
+    "RESOURCE_NOT_FOUND": "check the image still exists, then run the same command again",
+    "UNSUPPORTED_PLATFORM": "push a linux/amd64 image (or an index with a linux/amd64 entry)",
+    "NO_SUPPORTED_PLATFORM_FOUND": "push a linux/amd64 image (or an index with one)",
+    "UNSUPPORTED_MEDIATYPE": "push it as an OCI or Docker v2 image",
+    "UNSUPPORTED_ARTIFACT_TYPE": "nothing to convert: name the image, not a streaming artifact",
+    "IMAGE_NOT_RUNNABLE": "rebuild it as a runnable linux/amd64 image",
+}
+
+
+def failure_fix(code: str | None) -> str:
+    if code is None:
+        return "see the operation with `az acr artifact-streaming operation show`"
+    return FAILURE_FIXES.get(code, "see ACR's artifact streaming troubleshooting page")
+
+
 def status_line(image: str, status: ConversionStatus) -> str:
     """The line printed when a followed conversion changes state."""
     state = status.state
@@ -243,7 +261,8 @@ def status_line(image: str, status: ConversionStatus) -> str:
         return f"{image}: succeeded: the streaming artifact is in place"
     if state is ConversionState.FAILED:
         code = status.failure_code or "no code"
-        return f"{image}: failed ({code}): {failure_meaning(status.failure_code)}"
+        meaning, fix = failure_meaning(status.failure_code), failure_fix(status.failure_code)
+        return f"{image}: failed ({code}): {meaning}; {fix}"
     if state is ConversionState.CANCELED:
         return f"{image}: canceled in ACR; run the same command to start it again"
     return f"{image}: state unknown"

@@ -122,7 +122,10 @@ async def test_a_conversion_the_registry_refuses_fails_with_its_code(
     image = f"{front.host}/{namespace}/plain:v1"
     summary, lines = await run(front, [image])
     assert not summary.ok and summary.failures == [image]
-    assert lines[-1] == f"{image}: failed (UNSUPPORTED_PLATFORM): only linux/amd64 images convert"
+    assert lines[-1] == (
+        f"{image}: failed (UNSUPPORTED_PLATFORM): only linux/amd64 images convert"
+        "; push a linux/amd64 image (or an index with a linux/amd64 entry)"
+    )
     # the ordinary look-up now reads the failed conversion from ACR's record of it
     pol = policy_for(front)
     source = RegistryVerdictSource(
@@ -266,7 +269,8 @@ def test_the_command_exit_codes_and_a_following_explain(
     failed = cli(front, tmp_path, "convert", unsupported)
     assert failed.returncode == 1 and "Traceback" not in failed.stderr
     assert failed.stdout.splitlines()[-2:] == [
-        f"{unsupported}: failed (UNSUPPORTED_PLATFORM): only linux/amd64 images convert",
+        f"{unsupported}: failed (UNSUPPORTED_PLATFORM): only linux/amd64 images convert"
+        "; push a linux/amd64 image (or an index with a linux/amd64 entry)",
         "1 image: 1 started, 1 failed",
     ]
 
@@ -440,7 +444,7 @@ def test_image_not_runnable_is_reported_with_its_meaning(
     assert (failed.returncode, failed.stderr) == (1, "")
     assert failed.stdout.splitlines()[-2:] == [
         f"{image}: failed (IMAGE_NOT_RUNNABLE): the image is not runnable; only runnable "
-        "linux/amd64 images convert",
+        "linux/amd64 images convert; rebuild it as a runnable linux/amd64 image",
         "1 image: 1 started, 1 failed",
     ]
 

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from app.cli.convert import (
+    FAILURE_FIXES,
     ConvertError,
     LiveDisplay,
     Summary,
@@ -92,8 +93,8 @@ async def run(reg: FakeRegistry, images: list[str], **kw: Any) -> tuple[Summary,
     return summary, lines
 
 
-def test_every_failure_code_has_a_meaning() -> None:
-    assert set(FAILURE_MEANINGS) == FAILURE_CODES
+def test_every_failure_code_has_a_meaning_and_a_fix() -> None:
+    assert set(FAILURE_MEANINGS) == FAILURE_CODES == set(FAILURE_FIXES)
 
 
 def test_status_lines() -> None:
@@ -103,6 +104,7 @@ def test_status_lines() -> None:
     failed = ConversionStatus(ConversionState.FAILED, failure_code="UNSUPPORTED_PLATFORM")
     assert status_line(img, failed) == (
         "reg.test/a:v1: failed (UNSUPPORTED_PLATFORM): only linux/amd64 images convert"
+        "; push a linux/amd64 image (or an index with a linux/amd64 entry)"
     )
     assert "succeeded" in status_line(img, ConversionStatus(ConversionState.SUCCEEDED))
 
@@ -176,6 +178,7 @@ async def test_failure_is_reported_with_code_and_meaning_and_exit_is_not_ok() ->
     assert lines[-1] == (
         f"{HOST}/demo/tool:v1: failed (IMAGE_NOT_RUNNABLE): "
         "the image is not runnable; only runnable linux/amd64 images convert"
+        "; rebuild it as a runnable linux/amd64 image"
     )
     assert not summary.ok and summary.failures == [f"{HOST}/demo/tool:v1"]
 
