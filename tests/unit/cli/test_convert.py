@@ -398,3 +398,37 @@ def test_live_display_redraws_its_lines_in_place_and_keeps_the_final_ones() -> N
     assert live_line("b:1", ConversionStatus(ConversionState.RUNNING), 7) == (
         "b:1: running, 0:07 elapsed"
     )
+
+
+def test_ctrl_c_while_waiting_on_a_registry_exits_130_without_a_traceback(tmp_path) -> None:
+    """A registry that accepts the connection and never answers; Ctrl-C (SIGINT) once the
+    command is connected to it."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        host = f"127.0.0.1:{server.getsockname()[1]}"
+        policy = tmp_path / "policy.yaml"
+        policy.write_text(
+            json.dumps({"acrRegistries": [host], "registry": {"registries": {host: {}}}})
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app", "convert", "--policy", str(policy), f"{host}/a:v1"],
+            cwd=root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        server.settimeout(60)
+        conn, _ = server.accept()  # it is waiting for the registry now
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        conn.close()
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err
