@@ -327,6 +327,21 @@ def _convert(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    scan_only = [
+        flag
+        for flag, given in (
+            ("--kubeconfig", args.kubeconfig),
+            ("--context", args.context),
+            ("--namespace", args.namespace),
+        )
+        if given
+    ]
+    if scan_only and not args.from_scan:
+        print(
+            f"streamgate convert: {', '.join(scan_only)} only apply with --from-scan",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     policy = load_policy(args.policy)
     selection = None
     try:

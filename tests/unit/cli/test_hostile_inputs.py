@@ -120,6 +120,7 @@ CASES: list[tuple[list[str], dict[str, str], str]] = [
     (["convert", "UPPER/Case:1"], {}, "UPPER/Case:1"),
     (["convert", ""], {}, "empty"),
     (["convert"], {}, "nothing to convert"),
+    (["convert", "x:1", "-n", "shop"], {}, "--namespace only apply with --from-scan"),
     (["convert", "--from-check", "{t}/bad.yaml"], {}, "not JSON"),
     (["convert", "--from-check", "{t}/empty.yaml"], {}, "not JSON"),
     (["convert", "--from-check", "{t}/binary.bin"], {}, "not UTF-8"),
