@@ -6,6 +6,7 @@ a second run starts nothing; a repository the front can't convert fails with its
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pty
@@ -517,4 +518,34 @@ def test_on_a_terminal_each_conversion_is_one_line_redrawn_in_place(
         f"{plain2}: running (50%)",
         f"{plain2}: succeeded: the streaming artifact is in place",
         "1 image: 1 started, 1 succeeded",
+    ]
+
+
+async def test_auto_conversion_turned_on_converts_what_is_pushed_next(
+    acr_front_referrers: AcrFront, tmp_path: Path
+) -> None:
+    """Turned on before the repository has an image: the look-up can't find the image (exit
+    1, nothing started), but the setting is on, and the next push converts by itself."""
+    front = acr_front_referrers
+    ns = f"convert-autopush-{secrets.token_hex(4)}"
+    plain = f"{front.host}/{ns}/plain:v1"
+    early = cli(front, tmp_path, "convert", "--auto-convert-repos", plain)
+    assert (early.returncode, early.stderr) == (1, ""), early.stdout
+    lines = early.stdout.splitlines()
+    assert lines[0] == (
+        f"{front.host}/{ns}/plain: auto-conversion of pushed images turned on (new pushes convert)"
+    )
+    assert lines[1].startswith(f"{plain}: can't tell whether it streams (")
+    front.reset_stats()
+    seed(front, ns)  # pushes ns/plain:v1 (and other repositories, where it is off)
+    assert front.stats()["events"]["conversion_auto_started"] == 1
+    for _ in range(300):  # the front's conversion runs on by itself: wait for its referrer
+        if (await verdicts(front, [plain]))[plain] is Verdict.STREAMABLE:
+            break
+        await asyncio.sleep(0.1)
+    assert (await verdicts(front, [plain]))[plain] is Verdict.STREAMABLE
+    again = cli(front, tmp_path, "convert", plain)
+    assert again.stdout.splitlines() == [
+        f"{plain}: streamable already; left alone",
+        "1 image: 1 already streamable",
     ]

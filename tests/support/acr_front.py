@@ -47,10 +47,12 @@ What it does, following Azure/acr ``docs/AAD-OAuth.md`` (see docs/registries.md)
   auto-conversion settings (``convertPushedImages`` false until set); ``POST {repo}/_streaming``
   (``pull,push``) with ``{"convertPushedImages": bool, "conversionFormat": "overlaybd",
   "conversionVersion": "v1"}`` sets it and answers them with ``status`` Succeeded, as
-  azure-cli's ``artifact-streaming show/update`` read them (pushes are not converted by it
-  here). Starting a conversion or changing that setting always checks the bearer token (401 with
-  the challenge without one, 403 when its scope lacks push); the reads are checked like
-  ``/v2`` reads, only with ``--enforce-auth``.
+  azure-cli's ``artifact-streaming show/update`` read them; while it is on, an image manifest
+  pushed through the front into that repository gets a conversion that runs to its end by
+  itself (as ACR converts pushes), counted as ``conversion_auto_started``. Starting a
+  conversion or changing that setting always checks the bearer token (401 with the challenge
+  without one, 403 when its scope lacks push); the reads are checked like ``/v2`` reads, only
+  with ``--enforce-auth``.
 * Every request is counted by method and path; ``GET /_front/stats`` shows the counts,
   ``POST /_front/stats/reset`` (or ``DELETE /_front/stats``) clears them, and
   ``GET/POST /_front/config`` reads/changes token lifetimes and switches at run time.
@@ -67,6 +69,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hashlib
 import importlib.util
 import io
 import json
@@ -427,6 +430,34 @@ _OPERATION_RE = re.compile(
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+_MANIFEST_PATH_RE = re.compile(r"^/v2/(?P<name>.+?)/manifests/[^/]+$")
+_IMAGE_MANIFESTS = {
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+}
+_IMAGE_CONFIGS = {
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+}
+
+
+def _runnable_image(body: bytes) -> bool:
+    """A single-platform image manifest (not an index, not a referrer or other artifact):
+    what the front's auto-conversion converts."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return False
+    if not isinstance(doc, dict) or "subject" in doc or doc.get("artifactType"):
+        return False
+    config = doc.get("config")
+    return (
+        doc.get("mediaType") in _IMAGE_MANIFESTS
+        and isinstance(config, dict)
+        and config.get("mediaType") in _IMAGE_CONFIGS
+    )
+
+
 def seeder_module() -> Any:
     """hack/seed_registry.py as a module (it makes the streaming referrer ACR would push)."""
     name = "streamgate_seed_registry"
@@ -527,6 +558,7 @@ class AcrFront:
         self.operations: OrderedDict[str, Operation] = OrderedDict()
         self.last_operation: dict[tuple[str, str], str] = {}
         self.auto_conversion: dict[str, bool] = {}  # repository -> convertPushedImages
+        self._auto_tasks: set[asyncio.Task[None]] = set()
         self.starlette = Starlette(routes=routes, lifespan=self._lifespan)
         self.app = CountingMiddleware(self.starlette, self.stats)
 
@@ -818,16 +850,26 @@ class AcrFront:
             and not (self.config.enforce_auth and k.lower() == "authorization")
         ]
         has_body = request.method in ("POST", "PUT", "PATCH")
+        content: Any = request.stream() if has_body else None
+        auto_repo = self._auto_converted_push(request)
+        pushed = b""
+        if auto_repo is not None:
+            pushed = content = await request.body()  # a manifest: small
         upstream_request = self.client.build_request(
             request.method,
             request.url.path + (f"?{request.url.query}" if request.url.query else ""),
             headers=headers,
-            content=request.stream() if has_body else None,
+            content=content,
         )
         try:
             upstream = await self.client.send(upstream_request, stream=True)
         except httpx.HTTPError as exc:
             return _acr_error(502, "UPSTREAM_UNAVAILABLE", f"upstream registry: {exc}")
+        if auto_repo is not None and upstream.status_code == 201 and _runnable_image(pushed):
+            digest = upstream.headers.get("docker-content-digest") or (
+                "sha256:" + hashlib.sha256(pushed).hexdigest()
+            )
+            self._convert_pushed(auto_repo, digest)
         out_headers: list[tuple[str, str]] = []
         upstream_url = f"http://{self.config.upstream}"
         for key, raw in upstream.headers.multi_items():
@@ -928,6 +970,35 @@ class AcrFront:
             "auto_conversion_on" if body["convertPushedImages"] else "auto_conversion_off"
         )
         return JSONResponse({**self._repo_settings(repo), "status": "Succeeded"})
+
+    def _auto_converted_push(self, request: Request) -> str | None:
+        """The repository of a manifest push into a repository with auto-conversion on."""
+        if request.method != "PUT":
+            return None
+        m = _MANIFEST_PATH_RE.match(request.url.path)
+        if m is None or not self.auto_conversion.get(m["name"]):
+            return None
+        return m["name"]
+
+    def _convert_pushed(self, repo: str, digest: str) -> None:
+        """What ACR does for a push into a repository with auto-conversion on: a conversion
+        of the pushed image, run to its end without anyone polling it."""
+        current = self.operations.get(self.last_operation.get((repo, digest), ""))
+        if current is not None and current.status in ("NotStarted", "Running", "Succeeded"):
+            return
+        op = Operation(id=str(uuid.uuid4()), repo=repo, digest=digest)
+        self.operations[op.id] = op
+        self.last_operation[(repo, digest)] = op.id
+        self.stats.event("conversion_auto_started")
+
+        async def run() -> None:
+            while op.status in ("NotStarted", "Running"):
+                await asyncio.sleep(0.2)
+                await self._advance(op)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._auto_tasks.add(task)
+        task.add_done_callback(self._auto_tasks.discard)
 
     def _start(self, repo: str, digest: str) -> Response:
         current = self.operations.get(self.last_operation.get((repo, digest), ""))
