@@ -481,6 +481,8 @@ class Operation:
     progress: int = 0
     failure_code: str | None = None
     polls: int = 0
+    # one advance at a time: a poll and the auto-conversion task must not both push
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False, compare=False)
 
     def body(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -1020,24 +1022,25 @@ class AcrFront:
 
     async def _advance(self, op: Operation) -> None:
         """One poll moves an operation on: NotStarted -> Running (50 %) -> Succeeded/Failed."""
-        op.polls += 1
-        if op.status == "NotStarted":
-            op.status, op.progress = "Running", 50
-            return
-        if op.status != "Running":
-            return
-        code = next(
-            (c for key, c in self.config.conversion_failures.items() if key in op.repo), None
-        )
-        if code is None:
-            pushed = await asyncio.to_thread(self._push_streaming_referrer, op.repo, op.digest)
-            code = None if pushed else "RESOURCE_NOT_FOUND"
-        if code is None:
-            op.status, op.progress = "Succeeded", 100
-            self.stats.event("conversion_succeeded")
-        else:
-            op.status, op.failure_code = "Failed", code
-            self.stats.event("conversion_failed")
+        async with op.lock:
+            op.polls += 1
+            if op.status == "NotStarted":
+                op.status, op.progress = "Running", 50
+                return
+            if op.status != "Running":
+                return
+            code = next(
+                (c for key, c in self.config.conversion_failures.items() if key in op.repo), None
+            )
+            if code is None:
+                pushed = await asyncio.to_thread(self._push_streaming_referrer, op.repo, op.digest)
+                code = None if pushed else "RESOURCE_NOT_FOUND"
+            if code is None:
+                op.status, op.progress = "Succeeded", 100
+                self.stats.event("conversion_succeeded")
+            else:
+                op.status, op.failure_code = "Failed", code
+                self.stats.event("conversion_failed")
 
     def _push_streaming_referrer(self, repo: str, digest: str) -> bool:
         """Push the streaming referrer ACR would make into the registry behind the front,
