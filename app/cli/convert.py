@@ -11,18 +11,37 @@ state. It never tags, re-tags or deletes anything.
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TextIO
 
 import httpx
 
-from app.core.conversions import ConversionAction, ConversionPlan, plan_conversion, unique_images
+from app.core.conversions import (
+    Blocker,
+    ConversionAction,
+    ConversionPlan,
+    ImageUse,
+    Selection,
+    plan_conversion,
+    unique_images,
+)
 from app.core.images import ImageRef, InvalidImageRef, parse_image
+from app.core.messages import printable
 from app.core.policy import Policy
 from app.core.verdicts import Verdict
 from app.registry.conversion import ConversionState, ConversionStatus, failure_meaning
-from app.registry.convert import last_operation, operation_status, start_conversion
+from app.registry.convert import (
+    auto_conversion,
+    enable_auto_conversion,
+    last_operation,
+    operation_status,
+    start_conversion,
+)
 from app.registry.credentials import AadTokenProvider
 from app.registry.errors import RegistryAuthError, RegistryError
 from app.registry.lookup import Lookup
@@ -37,7 +56,114 @@ MAX_POLL_ERRORS = 3
 
 
 class ConvertError(ValueError):
-    """Bad input (an argument that is not an image reference, a bad timeout): exit 2."""
+    """Bad input (an argument that is not an image reference, a bad timeout, a --from-check
+    file that is not check's JSON): exit 2."""
+
+
+# ---- the images of a report ----------------------------------------------------------------
+
+MAX_CHECK_JSON = 64 * 1024 * 1024
+_POOL_RULES = frozenset({"poolsCannotStream", "noStreamingPools"})
+
+
+def _short(value: object, limit: int = 200) -> str:
+    return printable(str(value))[:limit]
+
+
+def uses_from_check(text: str, *, source: str = "--from-check") -> list[ImageUse]:
+    """Every container image of `streamgate check -o json` output, with what blocks it."""
+    if len(text) > MAX_CHECK_JSON:
+        raise ConvertError(f"{source}: larger than {MAX_CHECK_JSON // (1024 * 1024)} MiB")
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise ConvertError(
+            f"{source}: not JSON ({_short(err, 120)}); give the output of "
+            "`streamgate check -o json`"
+        ) from err
+    if not isinstance(doc, list):
+        raise ConvertError(
+            f"{source}: not what `streamgate check -o json` writes (a list of workloads)"
+        )
+    uses: list[ImageUse] = []
+    for index, item in enumerate(doc):
+        where = f"{source}: entry {index + 1}"
+        if not isinstance(item, dict):
+            raise ConvertError(f"{where} is not a workload object")
+        images, problems = item.get("images", []), item.get("problems", [])
+        if not isinstance(images, list) or not isinstance(problems, list):
+            raise ConvertError(f"{where}: 'images' and 'problems' must be lists")
+        rules = {p.get("rule") for p in problems if isinstance(p, dict)}
+        pools_blocked = bool(rules & _POOL_RULES)
+        workload = "/".join(
+            _short(item.get(key) or "?", 100) for key in ("namespace", "kind", "name")
+        )
+        for image in images:
+            if not isinstance(image, dict):
+                raise ConvertError(f"{where}: an image entry is not an object")
+            ref, verdict = image.get("image"), image.get("verdict")
+            if not isinstance(ref, str) or not ref or not isinstance(verdict, str):
+                raise ConvertError(f"{where}: an image entry lacks 'image' or 'verdict'")
+            blockers: tuple[Blocker, ...] = (
+                (Blocker.DIGEST,) if image.get("digestPinned") is True else ()
+            )
+            if pools_blocked:
+                blockers += (Blocker.POOLS,)
+            reason = image.get("reason")
+            uses.append(
+                ImageUse(
+                    ref,
+                    _short(verdict, 40),
+                    workload,
+                    _short(reason) if isinstance(reason, str) else "",
+                    blockers,
+                )
+            )
+    return uses
+
+
+def read_check_file(path: str, stdin: TextIO | None = None) -> list[ImageUse]:
+    """`--from-check FILE` (`-`: standard input)."""
+    source = f"--from-check {path}"
+    try:
+        if path == "-":
+            text = (stdin or sys.stdin).read(MAX_CHECK_JSON + 1)
+        else:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read(MAX_CHECK_JSON + 1)
+    except UnicodeDecodeError as err:
+        raise ConvertError(f"{source}: not UTF-8 text ({err.reason})") from err
+    except OSError as err:
+        raise ConvertError(f"{source}: {err.strerror or err}") from err
+    return uses_from_check(text, source=source)
+
+
+def uses_from_scan(report: Any) -> list[ImageUse]:
+    """Every judged container image of a `scan` report (app.cli.scan.Report)."""
+    uses: list[ImageUse] = []
+    for row in report.rows:
+        pools_blocked = row.pools_cannot_stream
+        workload = f"{row.namespace}/{row.kind}/{row.name}"
+        for rep in row.judged:
+            blockers: tuple[Blocker, ...] = ()
+            if rep.ref is not None and rep.ref.digest_pinned:
+                blockers += (Blocker.DIGEST,)
+            if pools_blocked:
+                blockers += (Blocker.POOLS,)
+            uses.append(
+                ImageUse(
+                    rep.container.image,
+                    rep.verdict.verdict.value,
+                    workload,
+                    rep.verdict.reason,
+                    blockers,
+                )
+            )
+    return uses
+
+
+def skipped_line(image: str, why: str) -> str:
+    return f"{image}: skipped: {why}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +171,7 @@ class Target:
     plan: ConversionPlan
     ref: ImageRef | None = None
     digest: str | None = None
+    auth: bool = False  # the look-up failed because the registry refused the credentials
 
 
 @dataclass(slots=True)
@@ -59,12 +186,23 @@ class Summary:
     not_acr: int = 0
     unfinished: int = 0  # not followed (--no-wait)
     timed_out: int = 0  # still running at --timeout
+    skipped: int = 0  # from a report: not streamable for other reasons, or unknown there
+    auth_failed: int = 0  # of `failed`: the registry refused the credentials or the push right
+    repos_on: int = 0  # auto-conversion turned on
+    repos_already: int = 0  # auto-conversion was on already
+    repos_would: int = 0  # --dry-run: would turn it on
+    repos_failed: int = 0
     failures: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """Every image ended well: exit 0 (else 1)."""
-        return self.failed == 0 and self.timed_out == 0
+        """Every image and repository ended well: exit 0 (else 1, or 4 for auth)."""
+        return self.failed == 0 and self.timed_out == 0 and self.repos_failed == 0
+
+    @property
+    def auth(self) -> bool:
+        """Something failed because the registry refused the credentials or the write."""
+        return self.auth_failed > 0
 
     def line(self, *, dry_run: bool = False) -> str:
         parts = [
@@ -77,10 +215,39 @@ class Summary:
             (self.not_acr, "not in ACR"),
             (self.unfinished, "not followed (--no-wait)"),
             (self.timed_out, "still running at --timeout"),
+            (self.skipped, "skipped"),
         ]
         said = [f"{n} {what}" for n, what in parts if n and what]
         noun = "image" if self.images == 1 else "images"
-        return f"{self.images} {noun}: " + (", ".join(said) or "nothing to do")
+        text = f"{self.images} {noun}: " + (", ".join(said) or "nothing to do")
+        repos = [
+            (self.repos_would, "to turn on"),
+            (self.repos_on, "turned on"),
+            (self.repos_already, "already on"),
+            (self.repos_failed, "failed"),
+        ]
+        said = [f"{n} {what}" for n, what in repos if n]
+        if said:
+            text += "; auto-conversion of pushed images: " + ", ".join(said)
+        return text
+
+
+# What to do about each failure code (its meaning: app/registry/conversion.py; docs/cli.md).
+FAILURE_FIXES = {
+    "UNKNOWN_ERROR": "run the same command again",
+    "RESOURCE_NOT_FOUND": "check the image still exists, then run the same command again",
+    "UNSUPPORTED_PLATFORM": "push a linux/amd64 image (or an index with a linux/amd64 entry)",
+    "NO_SUPPORTED_PLATFORM_FOUND": "push a linux/amd64 image (or an index with one)",
+    "UNSUPPORTED_MEDIATYPE": "push it as an OCI or Docker v2 image",
+    "UNSUPPORTED_ARTIFACT_TYPE": "nothing to convert: name the image, not a streaming artifact",
+    "IMAGE_NOT_RUNNABLE": "rebuild it as a runnable linux/amd64 image",
+}
+
+
+def failure_fix(code: str | None) -> str:
+    if code is None:
+        return "see the operation with `az acr artifact-streaming operation show`"
+    return FAILURE_FIXES.get(code, "see ACR's artifact streaming troubleshooting page")
 
 
 def status_line(image: str, status: ConversionStatus) -> str:
@@ -94,7 +261,8 @@ def status_line(image: str, status: ConversionStatus) -> str:
         return f"{image}: succeeded: the streaming artifact is in place"
     if state is ConversionState.FAILED:
         code = status.failure_code or "no code"
-        return f"{image}: failed ({code}): {failure_meaning(status.failure_code)}"
+        meaning, fix = failure_meaning(status.failure_code), failure_fix(status.failure_code)
+        return f"{image}: failed ({code}): {meaning}; {fix}"
     if state is ConversionState.CANCELED:
         return f"{image}: canceled in ACR; run the same command to start it again"
     return f"{image}: state unknown"
@@ -124,6 +292,85 @@ def parse_images(images: list[str]) -> list[tuple[str, ImageRef]]:
     return out
 
 
+Show = Callable[[str, ConversionStatus], None]
+
+
+class LiveDisplay:
+    """On a terminal: one line per followed conversion (state, percentage when ACR reports
+    one, time since it was first seen), redrawn in place below the lines already printed;
+    a conversion that ends leaves its final line among those."""
+
+    def __init__(
+        self, stream: TextIO, *, clock: Callable[[], float] = time.monotonic, width: int = 0
+    ) -> None:
+        self.stream = stream
+        self.clock = clock
+        self.width = width or shutil.get_terminal_size((100, 24)).columns
+        self.live: dict[str, tuple[ConversionStatus, float]] = {}
+        self.drawn = 0
+
+    def _clear(self) -> None:
+        if self.drawn:
+            self.stream.write(f"\033[{self.drawn}F\033[J")
+            self.drawn = 0
+
+    def _draw(self) -> None:
+        now = self.clock()
+        for image, (status, since) in self.live.items():
+            text = live_line(image, status, now - since)
+            self.stream.write(text[: max(self.width - 1, 20)] + "\n")
+        self.drawn = len(self.live)
+        self.stream.flush()
+
+    def line(self, text: str) -> None:
+        self._clear()
+        self.stream.write(text + "\n")
+        self._draw()
+
+    def state(self, image: str, status: ConversionStatus) -> None:
+        self._clear()
+        if status.state in _ENDED:
+            self.live.pop(image, None)
+            self.stream.write(status_line(image, status) + "\n")
+        else:
+            since = self.live[image][1] if image in self.live else self.clock()
+            self.live[image] = (status, since)
+        self._draw()
+
+    def tick(self) -> None:
+        if self.live:
+            self._clear()
+            self._draw()
+
+    def close(self) -> None:
+        """Leave the conversions still shown as plain lines (timed out, interrupted)."""
+        self._clear()
+        self.live.clear()
+        self.stream.flush()
+
+
+def _elapsed(seconds: float) -> str:
+    whole = max(int(seconds), 0)
+    return f"{whole // 60}:{whole % 60:02d}"
+
+
+def live_line(image: str, status: ConversionStatus, seconds: float) -> str:
+    state = status.state
+    word = {
+        ConversionState.NOT_STARTED: "queued",
+        ConversionState.RUNNING: "running",
+        ConversionState.NEVER_REQUESTED: "waiting for ACR",
+    }.get(state, "state unknown")
+    progress = f" {status.progress}" if status.progress else ""
+    return f"{image}: {word}{progress}, {_elapsed(seconds)} elapsed"
+
+
+async def _ticking(live: LiveDisplay, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        live.tick()
+
+
 async def convert(
     images: list[str],
     policy: Policy,
@@ -137,14 +384,28 @@ async def convert(
     transport: httpx.AsyncBaseTransport | None = None,
     aad: AadTokenProvider | None = None,
     env: Mapping[str, str] | None = None,
+    selection: Selection | None = None,
+    auto_repos: bool = False,
+    live: LiveDisplay | None = None,
 ) -> Summary:
-    """Plan, then (unless `dry_run`) start and follow. `out` gets every line users read.
+    """Plan, then (unless `dry_run`) start and follow. `out` gets every line users read
+    (with `live`, pass `live.line`). `selection`: images chosen from a report (converted
+    with `images`) and the ones skipped there, printed first. `auto_repos`: also read, and
+    turn on where off, the auto-conversion of pushed images of the ACR repositories involved.
     Raises `ConvertError` for bad input before anything is asked."""
     if not follow_seconds > 0:
         raise ConvertError(
             f"--timeout must be a positive number of seconds, got {follow_seconds:g}"
         )
-    parsed = parse_images(images)
+    chosen = list(images) + (list(selection.images) if selection else [])
+    parsed = parse_images(chosen)
+    summary = Summary(images=len(parsed))
+    for skip in selection.skipped if selection else ():
+        summary.images += 1
+        summary.skipped += 1
+        out(skipped_line(skip.image, skip.why))
+    if not parsed:
+        return summary
     config = policy.registry
     pool = ClientPool(
         config,
@@ -155,33 +416,91 @@ async def convert(
         aad_hosts=policy.may_get_aad,
     )
     lookup = Lookup(pool=pool, config=config)
-    summary = Summary(images=len(parsed))
     try:
         targets = [await _target(image, ref, policy, pool, lookup) for image, ref in parsed]
+        repos = list(
+            dict.fromkeys(
+                (ref.registry, ref.repository) for _, ref in parsed if policy.is_acr(ref.registry)
+            )
+        )
         if dry_run:
+            if auto_repos:
+                for registry, repo in repos:
+                    await _auto_repo(pool, registry, repo, summary, out, dry_run=True)
             for t in targets:
-                _count_left_alone(summary, t.plan)
+                _count_left_alone(summary, t)
                 if t.plan.action is ConversionAction.START:
                     summary.would_start += 1
                 out(plan_line(t.plan))
             return summary
+        if auto_repos:
+            for registry, repo in repos:
+                await _auto_repo(pool, registry, repo, summary, out, dry_run=False)
+
+        def plain(image: str, status: ConversionStatus) -> None:
+            out(status_line(image, status))
+
         runner = _Runner(
             pool=pool,
             summary=summary,
             out=out,
+            show=live.state if live is not None else plain,
             wait=wait,
             deadline=time.monotonic() + follow_seconds,
             interval=interval,
             max_interval=max_interval,
         )
-        await asyncio.gather(*(runner.run(t) for t in targets))
+        ticker = asyncio.create_task(_ticking(live, 0.5)) if live is not None else None
+        try:
+            await asyncio.gather(*(runner.run(t) for t in targets))
+        finally:
+            if ticker is not None:
+                ticker.cancel()
+            if live is not None:
+                live.close()
         return summary
     finally:
         await lookup.aclose()
         await pool.aclose()
 
 
-def _count_left_alone(summary: Summary, plan: ConversionPlan) -> None:
+async def _auto_repo(
+    pool: ClientPool, registry: str, repo: str, summary: Summary, out: Line, *, dry_run: bool
+) -> None:
+    """Read a repository's auto-conversion of pushed images; turn it on unless on already."""
+    name = f"{registry}/{repo}"
+    transport = pool.transport(registry)
+    try:
+        if await auto_conversion(transport, repo):
+            summary.repos_already += 1
+            out(f"{name}: auto-conversion of pushed images is on already; left alone")
+            return
+        if dry_run:
+            summary.repos_would += 1
+            out(f"would turn on auto-conversion of pushed images: {name}")
+            return
+        if not await enable_auto_conversion(transport, repo):
+            summary.repos_failed += 1
+            out(f"{name}: auto-conversion not turned on: ACR still reports it off")
+            return
+    except RegistryAuthError as err:
+        summary.repos_failed += 1
+        summary.auth_failed += 1
+        out(
+            f"{name}: auto-conversion not changed: {err.reason}: turning it on needs push "
+            "rights on the repository (docs/remediation.md)"
+        )
+        return
+    except RegistryError as err:
+        summary.repos_failed += 1
+        out(f"{name}: auto-conversion not changed: {err.reason}")
+        return
+    summary.repos_on += 1
+    out(f"{name}: auto-conversion of pushed images turned on (new pushes convert)")
+
+
+def _count_left_alone(summary: Summary, target: Target) -> None:
+    plan = target.plan
     action = plan.action
     if action is ConversionAction.STREAMABLE:
         summary.streamable += 1
@@ -191,6 +510,7 @@ def _count_left_alone(summary: Summary, plan: ConversionPlan) -> None:
         summary.under_way += 1
     elif action is ConversionAction.UNKNOWN:
         summary.failed += 1
+        summary.auth_failed += target.auth
         summary.failures.append(plan.image)
 
 
@@ -209,7 +529,8 @@ async def _target(
     except RegistryError as err:
         verdict = verdict_for_error(err)
         return Target(
-            plan_conversion(image, verdict.verdict, under_way=False, reason=verdict.reason)
+            plan_conversion(image, verdict.verdict, under_way=False, reason=verdict.reason),
+            auth=isinstance(err, RegistryAuthError),
         )
     verdict = verdict_for(ref, result, platform=policy.registry.wanted_platform)
     under_way = result.conversion is not None and result.conversion.state in _UNDER_WAY
@@ -224,6 +545,7 @@ class _Runner:
     pool: ClientPool
     summary: Summary
     out: Line
+    show: Show
     wait: bool
     deadline: float
     interval: float
@@ -232,7 +554,7 @@ class _Runner:
     async def run(self, t: Target) -> None:
         plan = t.plan
         if plan.action not in (ConversionAction.START, ConversionAction.FOLLOW):
-            _count_left_alone(self.summary, plan)
+            _count_left_alone(self.summary, t)
             self.out(plan_line(plan))
             return
         assert t.ref is not None and t.digest is not None
@@ -250,6 +572,7 @@ class _Runner:
                 self.out(plan_line(plan))
                 op = await last_operation(transport, repo, t.digest)
         except RegistryAuthError as err:
+            self.summary.auth_failed += 1
             self.fail(
                 plan.image,
                 f"{err.reason}: starting a conversion needs push rights "
@@ -295,7 +618,7 @@ class _Runner:
             if status is not None:
                 key = (status.state, status.progress)
                 if key != last:
-                    self.out(status_line(image, status))
+                    self.show(image, status)
                     last = key
                     wait_s = self.interval
                 if status.state in _ENDED:

@@ -29,7 +29,14 @@ from app.cli.check import (
     to_table,
 )
 from app.cli.checkformats import to_junit, to_sarif, to_yaml
-from app.cli.convert import ConvertError, Summary, convert
+from app.cli.convert import (
+    ConvertError,
+    LiveDisplay,
+    Summary,
+    convert,
+    read_check_file,
+    uses_from_scan,
+)
 from app.cli.explain import ExplainError, Explanation, explain
 from app.cli.explain import to_json as explain_json
 from app.cli.explain import to_text as explain_text
@@ -51,6 +58,7 @@ from app.cli.version import revision, version_line
 from app.cluster.nodes import NodeWatcher
 from app.cluster.webhookconfigs import RemovalError, remove_webhook_configurations
 from app.core import messages
+from app.core.conversions import select_images
 from app.core.nodes.placement import PlacementIndex
 from app.core.policy import Mode, Policy, PolicyError
 from app.core.pools import UNKNOWN_PLACEMENT, Placement, PlacementSource
@@ -65,6 +73,7 @@ from app.webhook.reload import load_policy
 from app.webhook.serve import ServeSettings, build_admission, run_webhook
 
 EXIT_OK, EXIT_DENIED, EXIT_USAGE = 0, 1, 2
+EXIT_AUTH = 4  # `convert`: the registry refused the credentials or the push right
 
 
 def _verdict_source(policy: Policy, *, offline: bool = False) -> VerdictSource:
@@ -237,9 +246,11 @@ def _namespaces(values: list[str] | None) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _scan(args: argparse.Namespace) -> int:
-    policy = load_policy(args.policy)
-    progress = Progress(enabled=not args.quiet)
+def _scan_report(args: argparse.Namespace, policy: Policy, *, quiet: bool) -> Report:
+    """Read the cluster the kubeconfig points at and judge it, as `streamgate scan` does
+    (`--kubeconfig`, `--context`, `-n`): `scan` prints it, `convert --from-scan` converts
+    from it."""
+    progress = Progress(enabled=not quiet)
     reader = KubeReader(kube_api(args.kubeconfig, args.context))
     snapshot = read_cluster(
         reader, policy, namespaces=_namespaces(args.namespace), progress=progress
@@ -271,7 +282,12 @@ def _scan(args: argparse.Namespace) -> int:
         finally:
             await source.aclose()
 
-    report = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def _scan(args: argparse.Namespace) -> int:
+    policy = load_policy(args.policy)
+    report = _scan_report(args, policy, quiet=args.quiet)
     print(_terminal_safe(RENDERERS[args.output](report)))
     return EXIT_OK
 
@@ -302,10 +318,49 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    """Exit 0 all done (or nothing to do), 1 something failed, 2 bad input, 4 the registry
+    refused the credentials or the push right (docs/cli.md#convert)."""
+    if not (args.image or args.from_check or args.from_scan):
+        print(
+            "streamgate convert: nothing to convert: give IMAGE arguments, --from-check FILE "
+            "or --from-scan",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    scan_only = [
+        flag
+        for flag, given in (
+            ("--kubeconfig", args.kubeconfig),
+            ("--context", args.context),
+            ("--namespace", args.namespace),
+        )
+        if given
+    ]
+    if scan_only and not args.from_scan:
+        print(
+            f"streamgate convert: {', '.join(scan_only)} only apply with --from-scan",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     policy = load_policy(args.policy)
+    selection = None
+    try:
+        uses = read_check_file(args.from_check) if args.from_check else []
+    except ConvertError as err:
+        print(f"streamgate convert: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.from_scan:
+        uses += uses_from_scan(_scan_report(args, policy, quiet=args.quiet))
+    if args.from_check or args.from_scan:
+        selection = select_images(uses)
+    live = LiveDisplay(sys.stdout) if sys.stdout.isatty() and not args.dry_run else None
 
     def line(text: str) -> None:
-        print(_terminal_safe(text), flush=True)
+        text = _terminal_safe(text)
+        if live is not None:
+            live.line(text)
+        else:
+            print(text, flush=True)
 
     async def run() -> Summary:
         return await convert(
@@ -315,6 +370,9 @@ def _convert(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             wait=args.wait,
             follow_seconds=args.timeout,
+            selection=selection,
+            auto_repos=args.auto_convert_repos,
+            live=live,
         )
 
     try:
@@ -323,6 +381,8 @@ def _convert(args: argparse.Namespace) -> int:
         print(f"streamgate convert: {err}", file=sys.stderr)
         return EXIT_USAGE
     line(summary.line(dry_run=args.dry_run))
+    if summary.auth:
+        return EXIT_AUTH
     return EXIT_OK if summary.ok else EXIT_DENIED
 
 
@@ -445,12 +505,51 @@ def _add_convert(sub: Any) -> None:
         "convert",
         help="ask ACR to convert images that can't stream yet, and follow the conversions",
     )
-    c.add_argument("image", nargs="+", help="image references, as written in pod specs")
+    c.add_argument("image", nargs="*", help="image references, as written in pod specs")
+    c.add_argument(
+        "--from-check",
+        metavar="FILE",
+        help="also the images `streamgate check -o json` wrote to FILE (- for standard input) "
+        "reports not streamable for want of a streaming artifact",
+    )
+    c.add_argument(
+        "--from-scan",
+        action="store_true",
+        help="also the images a scan of the cluster (as `streamgate scan`) reports not "
+        "streamable for want of a streaming artifact",
+    )
+    c.add_argument(
+        "--kubeconfig",
+        metavar="PATH|in-cluster",
+        help="with --from-scan: default $KUBECONFIG or ~/.kube/config",
+    )
+    c.add_argument("--context", help="with --from-scan: the kubeconfig context to use")
+    c.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        metavar="NS",
+        help="with --from-scan: only these namespaces (repeatable, or comma-separated)",
+    )
+    c.add_argument(
+        "--concurrency",
+        type=int,
+        default=4,
+        metavar="N",
+        help="with --from-scan: registry look-ups at once, per registry (default %(default)s)",
+    )
+    c.add_argument("-q", "--quiet", action="store_true", help="no scan progress on stderr")
+    c.add_argument(
+        "--auto-convert-repos",
+        action="store_true",
+        help="also turn on ACR's conversion of pushed images for the repositories involved "
+        "(left alone where on already)",
+    )
     c.add_argument("--policy", type=Path, help="policy YAML (default: built-in defaults)")
     c.add_argument(
         "--dry-run",
         action="store_true",
-        help="print the conversions it would start, one line per image; start none",
+        help="print what it would do, one line per image and repository; change nothing",
     )
     c.add_argument(
         "--wait",
@@ -628,6 +727,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 ok; 1 `check` found what --fail-on names (a denial, or a warning), or
     `convert` had a conversion fail (or still running at --timeout);
+    4 `convert`: the registry refused the credentials or the push right;
     2 bad input (usage, files, YAML, policy, kubeconfig, cluster unreachable; one line on
     stderr); 3 an internal error (one line; a bug to report); 130 interrupted."""
     args = parser().parse_args(argv)

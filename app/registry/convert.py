@@ -86,3 +86,56 @@ async def operation_status(
     return parse_conversion(
         response.json_object(registry=transport.registry, what="conversion operation")
     )
+
+
+# A repository's auto-conversion of pushed images (docs/aks-facts.md §5): azure-cli's
+# `artifact-streaming show` reads `GET /acr/v1/<repo>/_streaming` with a pull token, and
+# `artifact-streaming update` posts the body below with a pull,push token.
+AUTO_CONVERSION_ON = json.dumps(
+    {"convertPushedImages": True, "conversionFormat": "overlaybd", "conversionVersion": "v1"},
+    separators=(",", ":"),
+).encode()
+
+
+def _convert_pushed(doc: dict[str, object], registry: str) -> bool:
+    value = doc.get("convertPushedImages")
+    if not isinstance(value, bool):
+        raise BadResponse(
+            registry, "the repository's streaming settings carry no convertPushedImages"
+        )
+    return value
+
+
+async def auto_conversion(transport: RegistryTransport, repository: str) -> bool:
+    """Whether ACR converts the images pushed to this repository."""
+    response = await transport.request(
+        "GET",
+        f"/acr/v1/{repository}/_streaming",
+        scope=pull_scope(repository),
+        endpoint="auto-conversion",
+    )
+    if response.status != 200:
+        raise BadResponse(
+            transport.registry,
+            f"the repository's streaming settings answered HTTP {response.status}",
+        )
+    doc = response.json_object(registry=transport.registry, what="streaming settings")
+    return _convert_pushed(doc, transport.registry)
+
+
+async def enable_auto_conversion(transport: RegistryTransport, repository: str) -> bool:
+    """Turn on the conversion of pushed images; the setting ACR answers (True when on)."""
+    response = await transport.request(
+        "POST",
+        f"/acr/v1/{repository}/_streaming",
+        scope=push_scope(repository),
+        endpoint="auto-conversion-set",
+        json_body=AUTO_CONVERSION_ON,
+    )
+    if response.status not in (200, 201, 202):
+        raise BadResponse(
+            transport.registry,
+            f"setting the repository's auto-conversion answered HTTP {response.status}",
+        )
+    doc = response.json_object(registry=transport.registry, what="streaming settings")
+    return _convert_pushed(doc, transport.registry)

@@ -43,9 +43,16 @@ What it does, following Azure/acr ``docs/AAD-OAuth.md`` (see docs/registries.md)
   operation (404: never requested). A repository whose name contains a key of
   ``conversion_failures`` (``unsupported`` -> ``UNSUPPORTED_PLATFORM``, ``notrunnable`` ->
   ``IMAGE_NOT_RUNNABLE``) fails with that code instead; a digest the registry doesn't have fails
-  with ``RESOURCE_NOT_FOUND``. Starting a conversion always checks the bearer token (401 with
-  the challenge without one, 403 when its scope lacks push); the reads are checked like
-  ``/v2`` reads, only with ``--enforce-auth``.
+  with ``RESOURCE_NOT_FOUND``. ``GET {repo}/_streaming`` (``pull``) answers the repository's
+  auto-conversion settings (``convertPushedImages`` false until set); ``POST {repo}/_streaming``
+  (``pull,push``) with ``{"convertPushedImages": bool, "conversionFormat": "overlaybd",
+  "conversionVersion": "v1"}`` sets it and answers them with ``status`` Succeeded, as
+  azure-cli's ``artifact-streaming show/update`` read them; while it is on, an image manifest
+  pushed through the front into that repository gets a conversion that runs to its end by
+  itself (as ACR converts pushes), counted as ``conversion_auto_started``. Starting a
+  conversion or changing that setting always checks the bearer token (401 with the challenge
+  without one, 403 when its scope lacks push); the reads are checked like ``/v2`` reads, only
+  with ``--enforce-auth``.
 * Every request is counted by method and path; ``GET /_front/stats`` shows the counts,
   ``POST /_front/stats/reset`` (or ``DELETE /_front/stats``) clears them, and
   ``GET/POST /_front/config`` reads/changes token lifetimes and switches at run time.
@@ -62,6 +69,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hashlib
 import importlib.util
 import io
 import json
@@ -415,10 +423,39 @@ class CountingMiddleware:
 _STREAMING_RE = re.compile(
     r"^(?P<repo>[a-z0-9][a-z0-9._/-]*?)/_streaming/(?P<digest>sha256:[0-9a-f]{64})$"
 )
+_REPO_STREAMING_RE = re.compile(r"^(?P<repo>[a-z0-9][a-z0-9._/-]*?)/_streaming$")
 _OPERATION_RE = re.compile(
     r"^(?P<repo>[a-z0-9][a-z0-9._/-]*?)/_operations/(?P<id>[A-Za-z0-9-]{1,64})$"
 )
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+_MANIFEST_PATH_RE = re.compile(r"^/v2/(?P<name>.+?)/manifests/[^/]+$")
+_IMAGE_MANIFESTS = {
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+}
+_IMAGE_CONFIGS = {
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+}
+
+
+def _runnable_image(body: bytes) -> bool:
+    """A single-platform image manifest (not an index, not a referrer or other artifact):
+    what the front's auto-conversion converts."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return False
+    if not isinstance(doc, dict) or "subject" in doc or doc.get("artifactType"):
+        return False
+    config = doc.get("config")
+    return (
+        doc.get("mediaType") in _IMAGE_MANIFESTS
+        and isinstance(config, dict)
+        and config.get("mediaType") in _IMAGE_CONFIGS
+    )
 
 
 def seeder_module() -> Any:
@@ -444,6 +481,8 @@ class Operation:
     progress: int = 0
     failure_code: str | None = None
     polls: int = 0
+    # one advance at a time: a poll and the auto-conversion task must not both push
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False, compare=False)
 
     def body(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -520,6 +559,8 @@ class AcrFront:
         ]
         self.operations: OrderedDict[str, Operation] = OrderedDict()
         self.last_operation: dict[tuple[str, str], str] = {}
+        self.auto_conversion: dict[str, bool] = {}  # repository -> convertPushedImages
+        self._auto_tasks: set[asyncio.Task[None]] = set()
         self.starlette = Starlette(routes=routes, lifespan=self._lifespan)
         self.app = CountingMiddleware(self.starlette, self.stats)
 
@@ -811,16 +852,26 @@ class AcrFront:
             and not (self.config.enforce_auth and k.lower() == "authorization")
         ]
         has_body = request.method in ("POST", "PUT", "PATCH")
+        content: Any = request.stream() if has_body else None
+        auto_repo = self._auto_converted_push(request)
+        pushed = b""
+        if auto_repo is not None:
+            pushed = content = await request.body()  # a manifest: small
         upstream_request = self.client.build_request(
             request.method,
             request.url.path + (f"?{request.url.query}" if request.url.query else ""),
             headers=headers,
-            content=request.stream() if has_body else None,
+            content=content,
         )
         try:
             upstream = await self.client.send(upstream_request, stream=True)
         except httpx.HTTPError as exc:
             return _acr_error(502, "UPSTREAM_UNAVAILABLE", f"upstream registry: {exc}")
+        if auto_repo is not None and upstream.status_code == 201 and _runnable_image(pushed):
+            digest = upstream.headers.get("docker-content-digest") or (
+                "sha256:" + hashlib.sha256(pushed).hexdigest()
+            )
+            self._convert_pushed(auto_repo, digest)
         out_headers: list[tuple[str, str]] = []
         upstream_url = f"http://{self.config.upstream}"
         for key, raw in upstream.headers.multi_items():
@@ -862,6 +913,9 @@ class AcrFront:
                 if refused is not None:
                     return refused
             return self._start(repo, digest) if post else self._last(repo, digest)
+        m = _REPO_STREAMING_RE.match(path)
+        if m is not None:
+            return await self._repo_streaming(request, m["repo"])
         m = _OPERATION_RE.match(path)
         if m is not None and request.method == "GET":
             if self.config.enforce_auth:
@@ -874,6 +928,79 @@ class AcrFront:
             await self._advance(op)
             return JSONResponse(op.body())
         return _acr_error(404, "NOT_FOUND", "no such endpoint")
+
+    def _repo_settings(self, repo: str) -> dict[str, Any]:
+        return {
+            "convertPushedImages": self.auto_conversion.get(repo, False),
+            "conversionFormat": "overlaybd",
+            "conversionVersion": "v1",
+        }
+
+    async def _repo_streaming(self, request: Request, repo: str) -> Response:
+        """A repository's auto-conversion of pushed images, as `az acr artifact-streaming
+        show/update` read and set it: GET (pull) answers the settings, ``convertPushedImages``
+        false until set; POST (pull,push, else 403) with ``{"convertPushedImages": bool,
+        "conversionFormat": "overlaybd", "conversionVersion": "v1"}`` sets it and answers the
+        settings with ``status`` Succeeded (azure-cli's test checks those four fields)."""
+        post = request.method == "POST"
+        if post or self.config.enforce_auth:
+            refused = self._check_bearer(
+                request, (repo, "pull,push" if post else "pull"), forbid=True
+            )
+            if refused is not None:
+                return refused
+        if not post:
+            return JSONResponse(self._repo_settings(repo))
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if (
+            not isinstance(body, dict)
+            or not isinstance(body.get("convertPushedImages"), bool)
+            or body.get("conversionFormat") != "overlaybd"
+            or body.get("conversionVersion") != "v1"
+        ):
+            return _acr_error(
+                400,
+                "BAD_REQUEST",
+                'expected {"convertPushedImages": true|false, "conversionFormat": "overlaybd", '
+                '"conversionVersion": "v1"}',
+            )
+        self.auto_conversion[repo] = body["convertPushedImages"]
+        self.stats.event(
+            "auto_conversion_on" if body["convertPushedImages"] else "auto_conversion_off"
+        )
+        return JSONResponse({**self._repo_settings(repo), "status": "Succeeded"})
+
+    def _auto_converted_push(self, request: Request) -> str | None:
+        """The repository of a manifest push into a repository with auto-conversion on."""
+        if request.method != "PUT":
+            return None
+        m = _MANIFEST_PATH_RE.match(request.url.path)
+        if m is None or not self.auto_conversion.get(m["name"]):
+            return None
+        return m["name"]
+
+    def _convert_pushed(self, repo: str, digest: str) -> None:
+        """What ACR does for a push into a repository with auto-conversion on: a conversion
+        of the pushed image, run to its end without anyone polling it."""
+        current = self.operations.get(self.last_operation.get((repo, digest), ""))
+        if current is not None and current.status in ("NotStarted", "Running", "Succeeded"):
+            return
+        op = Operation(id=str(uuid.uuid4()), repo=repo, digest=digest)
+        self.operations[op.id] = op
+        self.last_operation[(repo, digest)] = op.id
+        self.stats.event("conversion_auto_started")
+
+        async def run() -> None:
+            while op.status in ("NotStarted", "Running"):
+                await asyncio.sleep(0.2)
+                await self._advance(op)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._auto_tasks.add(task)
+        task.add_done_callback(self._auto_tasks.discard)
 
     def _start(self, repo: str, digest: str) -> Response:
         current = self.operations.get(self.last_operation.get((repo, digest), ""))
@@ -895,24 +1022,25 @@ class AcrFront:
 
     async def _advance(self, op: Operation) -> None:
         """One poll moves an operation on: NotStarted -> Running (50 %) -> Succeeded/Failed."""
-        op.polls += 1
-        if op.status == "NotStarted":
-            op.status, op.progress = "Running", 50
-            return
-        if op.status != "Running":
-            return
-        code = next(
-            (c for key, c in self.config.conversion_failures.items() if key in op.repo), None
-        )
-        if code is None:
-            pushed = await asyncio.to_thread(self._push_streaming_referrer, op.repo, op.digest)
-            code = None if pushed else "RESOURCE_NOT_FOUND"
-        if code is None:
-            op.status, op.progress = "Succeeded", 100
-            self.stats.event("conversion_succeeded")
-        else:
-            op.status, op.failure_code = "Failed", code
-            self.stats.event("conversion_failed")
+        async with op.lock:
+            op.polls += 1
+            if op.status == "NotStarted":
+                op.status, op.progress = "Running", 50
+                return
+            if op.status != "Running":
+                return
+            code = next(
+                (c for key, c in self.config.conversion_failures.items() if key in op.repo), None
+            )
+            if code is None:
+                pushed = await asyncio.to_thread(self._push_streaming_referrer, op.repo, op.digest)
+                code = None if pushed else "RESOURCE_NOT_FOUND"
+            if code is None:
+                op.status, op.progress = "Succeeded", 100
+                self.stats.event("conversion_succeeded")
+            else:
+                op.status, op.failure_code = "Failed", code
+                self.stats.event("conversion_failed")
 
     def _push_streaming_referrer(self, repo: str, digest: str) -> bool:
         """Push the streaming referrer ACR would make into the registry behind the front,

@@ -11,9 +11,25 @@ from typing import Any
 import httpx
 import pytest
 
-from app.cli.convert import ConvertError, Summary, convert, plan_line, status_line
+from app.cli.convert import (
+    FAILURE_FIXES,
+    ConvertError,
+    LiveDisplay,
+    Summary,
+    convert,
+    live_line,
+    plan_line,
+    status_line,
+    uses_from_check,
+)
 from app.cli.main import EXIT_USAGE, main
-from app.core.conversions import ConversionAction, ConversionPlan
+from app.core.conversions import (
+    Blocker,
+    ConversionAction,
+    ConversionPlan,
+    ImageUse,
+    select_images,
+)
 from app.core.policy import parse_policy
 from app.registry.conversion import (
     FAILURE_CODES,
@@ -77,8 +93,8 @@ async def run(reg: FakeRegistry, images: list[str], **kw: Any) -> tuple[Summary,
     return summary, lines
 
 
-def test_every_failure_code_has_a_meaning() -> None:
-    assert set(FAILURE_MEANINGS) == FAILURE_CODES
+def test_every_failure_code_has_a_meaning_and_a_fix() -> None:
+    assert set(FAILURE_MEANINGS) == FAILURE_CODES == set(FAILURE_FIXES)
 
 
 def test_status_lines() -> None:
@@ -88,6 +104,7 @@ def test_status_lines() -> None:
     failed = ConversionStatus(ConversionState.FAILED, failure_code="UNSUPPORTED_PLATFORM")
     assert status_line(img, failed) == (
         "reg.test/a:v1: failed (UNSUPPORTED_PLATFORM): only linux/amd64 images convert"
+        "; push a linux/amd64 image (or an index with a linux/amd64 entry)"
     )
     assert "succeeded" in status_line(img, ConversionStatus(ConversionState.SUCCEEDED))
 
@@ -161,6 +178,7 @@ async def test_failure_is_reported_with_code_and_meaning_and_exit_is_not_ok() ->
     assert lines[-1] == (
         f"{HOST}/demo/tool:v1: failed (IMAGE_NOT_RUNNABLE): "
         "the image is not runnable; only runnable linux/amd64 images convert"
+        "; rebuild it as a runnable linux/amd64 image"
     )
     assert not summary.ok and summary.failures == [f"{HOST}/demo/tool:v1"]
 
@@ -204,3 +222,213 @@ def test_cli_bad_image_exits_2_with_one_line(capsys: pytest.CaptureFixture[str])
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("streamgate convert: 'UPPER CASE' is not an image reference")
+
+
+# ---- --from-check, --auto-convert-repos, the live display ------------------------------------
+
+_REPO = re.compile(r"^/acr/v1/(?P<repo>.+)/_streaming$")
+
+
+class RepoSettings:
+    """The fake's `GET/POST /acr/v1/<repo>/_streaming`, as azure-cli reads and sets it."""
+
+    def __init__(self, reg: FakeRegistry, *, on: set[str] = frozenset(), refuse: bool = False):
+        self.on, self.refuse = set(on), refuse
+        self.posts: list[tuple[str, Any]] = []
+        inner = reg.hook
+
+        async def hook(request: httpx.Request) -> httpx.Response | None:
+            m = _REPO.match(request.url.path)
+            if m is None:
+                return await inner(request) if inner else None
+            repo = m["repo"]
+            if request.method == "POST":
+                if self.refuse:
+                    return httpx.Response(403)
+                body = json.loads(request.content)
+                self.posts.append((repo, body))
+                if body["convertPushedImages"]:
+                    self.on.add(repo)
+                return httpx.Response(
+                    200, json={"convertPushedImages": repo in self.on, "status": "Succeeded"}
+                )
+            return httpx.Response(200, json={"convertPushedImages": repo in self.on})
+
+        reg.hook = hook
+
+
+def test_check_json_gives_each_container_image_with_its_blockers() -> None:
+    doc = [
+        {
+            "namespace": "shop",
+            "kind": "Deployment",
+            "name": "web",
+            "problems": [{"rule": "poolsCannotStream", "severity": "warn", "message": "…"}],
+            "images": [
+                {"image": "r/a:1", "verdict": "not-streamable", "reason": "", "digestPinned": False}
+            ],
+        },
+        {
+            "namespace": "shop",
+            "kind": "Pod",
+            "name": "p",
+            "problems": [],
+            "images": [
+                {"image": "r/b@sha256:" + "c" * 64, "verdict": "streamable", "digestPinned": True}
+            ],
+        },
+        {"namespace": "x", "kind": "ConfigMap", "name": "c", "outcome": "skipped"},
+    ]
+    assert uses_from_check(json.dumps(doc)) == [
+        ImageUse("r/a:1", "not-streamable", "shop/Deployment/web", "", (Blocker.POOLS,)),
+        ImageUse("r/b@sha256:" + "c" * 64, "streamable", "shop/Pod/p", "", (Blocker.DIGEST,)),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("", "not JSON"),
+        ("{", "not JSON"),
+        ('{"a": 1}', "a list of workloads"),
+        ("[1]", "entry 1 is not a workload object"),
+        ('[{"images": {}}]', "must be lists"),
+        ('[{"images": [{"verdict": "x"}]}]', "lacks 'image'"),
+        ('[{"images": [{"image": "", "verdict": "x"}]}]', "lacks 'image'"),
+        ('[{"images": ["r/a:1"]}]', "not an object"),
+    ],
+)
+def test_anything_else_than_check_json_is_refused_in_one_line(text: str, says: str) -> None:
+    with pytest.raises(ConvertError, match=re.escape(says)):
+        uses_from_check(text)
+
+
+async def test_skipped_images_are_said_and_counted_and_nothing_is_asked() -> None:
+    reg = FakeRegistry()
+    sel = select_images(
+        [ImageUse(f"{HOST}/a:1", "not-streamable", "n/Pod/p", "", (Blocker.DIGEST,))]
+    )
+    summary, lines = await run(reg, [], selection=sel)
+    assert lines == [f"{HOST}/a:1: skipped: {sel.skipped[0].why}"]
+    assert summary.line() == "1 image: 1 skipped" and summary.ok
+    assert reg.calls == []
+
+
+async def test_auto_convert_repos_turns_on_only_what_is_off_and_dry_run_changes_nothing() -> None:
+    reg = FakeRegistry()
+    Acr(reg)
+    settings = RepoSettings(reg, on={"demo/on"})
+    digest = reg.image("demo/on")
+    reg.referrer("demo/on", digest)
+    reg.image("demo/off")
+    images = [f"{HOST}/demo/on:v1", f"{HOST}/demo/off:v1"]
+
+    summary, lines = await run(reg, images, dry_run=True, auto_repos=True)
+    assert lines[:2] == [
+        f"{HOST}/demo/on: auto-conversion of pushed images is on already; left alone",
+        f"would turn on auto-conversion of pushed images: {HOST}/demo/off",
+    ]
+    assert settings.posts == []
+    assert summary.line(dry_run=True) == (
+        "2 images: 1 to start, 1 already streamable; auto-conversion of pushed images: "
+        "1 to turn on, 1 already on"
+    )
+
+    summary, lines = await run(reg, images, auto_repos=True)
+    assert f"{HOST}/demo/off: auto-conversion of pushed images turned on (new pushes convert)" in (
+        lines
+    )
+    assert settings.posts == [
+        (
+            "demo/off",
+            {
+                "convertPushedImages": True,
+                "conversionFormat": "overlaybd",
+                "conversionVersion": "v1",
+            },
+        )
+    ]
+    assert summary.ok and (summary.repos_on, summary.repos_already) == (1, 1)
+
+
+async def test_a_refused_setting_is_an_auth_failure() -> None:
+    reg = FakeRegistry()
+    RepoSettings(reg, refuse=True)
+    digest = reg.image("demo/s")
+    reg.referrer("demo/s", digest)
+    summary, lines = await run(reg, [f"{HOST}/demo/s:v1"], auto_repos=True)
+    assert lines[0] == (
+        f"{HOST}/demo/s: auto-conversion not changed: registry denied access: turning it on "
+        "needs push rights on the repository (docs/remediation.md)"
+    )
+    assert summary.auth and not summary.ok
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_live_display_redraws_its_lines_in_place_and_keeps_the_final_ones() -> None:
+    import io
+
+    out, clock = io.StringIO(), Clock()
+    live = LiveDisplay(out, clock=clock, width=200)
+    live.line("a:1: conversion started")
+    live.state("a:1", ConversionStatus(ConversionState.NOT_STARTED))
+    clock.now += 3
+    live.state("a:1", ConversionStatus(ConversionState.RUNNING, progress="42%"))
+    clock.now += 62
+    live.tick()
+    live.state("a:1", ConversionStatus(ConversionState.SUCCEEDED))
+    text = out.getvalue()
+    assert text == (
+        "a:1: conversion started\n"
+        "a:1: queued, 0:00 elapsed\n"
+        "\x1b[1F\x1b[J"
+        "a:1: running 42%, 0:03 elapsed\n"
+        "\x1b[1F\x1b[J"
+        "a:1: running 42%, 1:05 elapsed\n"
+        "\x1b[1F\x1b[J"
+        "a:1: succeeded: the streaming artifact is in place\n"
+    )
+    assert live_line("b:1", ConversionStatus(ConversionState.RUNNING), 7) == (
+        "b:1: running, 0:07 elapsed"
+    )
+
+
+def test_ctrl_c_while_waiting_on_a_registry_exits_130_without_a_traceback(tmp_path) -> None:
+    """A registry that accepts the connection and never answers; Ctrl-C (SIGINT) once the
+    command is connected to it."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        host = f"127.0.0.1:{server.getsockname()[1]}"
+        policy = tmp_path / "policy.yaml"
+        policy.write_text(
+            json.dumps({"acrRegistries": [host], "registry": {"registries": {host: {}}}})
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app", "convert", "--policy", str(policy), f"{host}/a:v1"],
+            cwd=root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        server.settimeout(60)
+        conn, _ = server.accept()  # it is waiting for the registry now
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        conn.close()
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err

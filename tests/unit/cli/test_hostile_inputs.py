@@ -34,6 +34,10 @@ FILES = {
     "unreachable.kubeconfig": UNREACHABLE,
     "notkubeconfig.yaml": "hello: world\n",
     "nodesnotlist.yaml": "- 1\n- 2\n",
+    "notcheck.json": '{"workloads": []}',
+    "checkbadimage.json": '[{"images": [{"image": 1, "verdict": "not-streamable"}]}]',
+    "checkimagesnotlist.json": '[{"images": "x:1"}]',
+    "deep.json": "[" * 100_000 + "]" * 100_000,
 }
 BINARY = bytes(range(256)) * 4
 
@@ -115,7 +119,24 @@ CASES: list[tuple[list[str], dict[str, str], str]] = [
     # convert
     (["convert", "UPPER/Case:1"], {}, "UPPER/Case:1"),
     (["convert", ""], {}, "empty"),
-    (["convert"], {}, "required"),
+    (["convert"], {}, "nothing to convert"),
+    (["convert", "x:1", "-n", "shop"], {}, "--namespace only apply with --from-scan"),
+    (["convert", "--from-check", "{t}/bad.yaml"], {}, "not JSON"),
+    (["convert", "--from-check", "{t}/empty.yaml"], {}, "not JSON"),
+    (["convert", "--from-check", "{t}/binary.bin"], {}, "not UTF-8"),
+    (["convert", "--from-check", "{t}/latin1.yaml"], {}, "not UTF-8"),
+    (["convert", "--from-check", "{t}/missing.json"], {}, "No such file"),
+    (["convert", "--from-check", "{t}/adir"], {}, "Is a directory"),
+    (["convert", "--from-check", "{t}/notcheck.json"], {}, "list of workloads"),
+    (["convert", "--from-check", "{t}/checkbadimage.json"], {}, "lacks 'image'"),
+    (["convert", "--from-check", "{t}/checkimagesnotlist.json"], {}, "must be lists"),
+    (["convert", "--from-check", "{t}/deep.json"], {}, "not JSON"),
+    (["convert", "--from-scan", "--kubeconfig", "{t}/missing.kubeconfig"], {}, "cannot load"),
+    (
+        ["convert", "--from-scan", "-q", "--kubeconfig", "{t}/unreachable.kubeconfig"],
+        {},
+        "cannot read the cluster",
+    ),
     (["convert", "x:1", "--timeout", "0"], {}, "--timeout"),
     (["convert", "x:1", "--timeout", "soon"], {}, "invalid float"),
     (["convert", "x:1", "--policy", "{t}/missing.yaml"], {}, "cannot read"),
