@@ -36,6 +36,7 @@ from app.cli.explain import to_text as explain_text
 from app.cli.poolreport import inventory_from_file, pool_table
 from app.cli.scan import (
     RENDERERS,
+    REPORT_OUTPUTS,
     KubeReader,
     Progress,
     Report,
@@ -272,7 +273,17 @@ def _scan(args: argparse.Namespace) -> int:
             await source.aclose()
 
     report = asyncio.run(run())
-    print(_terminal_safe(RENDERERS[args.output](report)))
+    text = RENDERERS[args.output](report)
+    if args.output in REPORT_OUTPUTS:
+        # Objects for `kubectl apply -f -`: what they can't say goes to stderr.
+        for note in report.notes:
+            print(f"streamgate scan: note: {note}", file=sys.stderr)
+        if not text:
+            print("streamgate scan: no workloads found: no reports to write", file=sys.stderr)
+            return EXIT_OK
+        sys.stdout.write(text)
+        return EXIT_OK
+    print(_terminal_safe(text))
     return EXIT_OK
 
 
