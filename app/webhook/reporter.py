@@ -126,6 +126,7 @@ class Reporter:
         self._leading = False
         self._policy: Policy | None = None
         self._synced_at = -1e18
+        self._said = ""
         self.state = ReporterState()
 
     # ---- the loop -----------------------------------------------------------------------------
@@ -162,8 +163,14 @@ class Reporter:
             or now - self._synced_at >= self.settings.resync_seconds
         ):
             if not self._leading:
-                await asyncio.to_thread(self.writer.resume)
+                try:
+                    await asyncio.to_thread(self.writer.resume)
+                except Exception as err:
+                    self._cannot_resume(err)
+                    self.store.mark_all()
+                    return
                 self._leading = True
+                self._said = ""
             self._policy = policy
             self._synced_at = now
             written = self.writer.namespaces()
@@ -180,6 +187,19 @@ class Reporter:
                 self.store.mark(ns)  # try again next round
         self.state.rounds += 1
         self.state.last_round = self._wall()
+
+    def _cannot_resume(self, err: BaseException) -> None:
+        """The reports can't be listed: said once (not every round) until it changes."""
+        why = _short(err)
+        if getattr(err, "status", None) == 404:
+            why = (
+                f"the {self.settings.api} CRD is not installed (HTTP 404); install it "
+                "(chart value reports.installCRDs, or the CRDs of Kyverno or Policy Reporter)"
+            )
+        if why != self._said:
+            logger.warning("reports: cannot list the existing reports: %s; retrying", why)
+            self._said = why
+        self.state.errors = [*self.state.errors[-9:], why]
 
     # ---- one namespace ------------------------------------------------------------------------
 

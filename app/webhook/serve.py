@@ -535,7 +535,8 @@ async def run_reporter(settings: ServeSettings, options: ReportOptions) -> None:
         pass
     finally:
         for task in tasks:
-            task.cancel()
+            if not task.done() and not task.cancelling():
+                task.cancel()  # (a cancelled one is finishing: the reporter gives its Lease up)
         await asyncio.gather(*tasks, return_exceptions=True)
         watcher.stop()
         watches.stop()
