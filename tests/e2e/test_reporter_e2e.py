@@ -237,3 +237,47 @@ def test_a_stopped_leader_gives_the_lease_up(kubectl, setup):
     assert reporters.procs["solo"].wait(15) == 0
     assert holder(kubectl, ns) is None  # released: a successor need not wait
     assert "released by solo" in reporters.log("solo")
+
+
+def test_serve_with_reports_writes_them_beside_the_webhook(kubectl, setup, cluster, tmp_path):
+    """`serve --reports` (what the chart runs with reports.enabled): the same reporter over the
+    webhook's own Admission."""
+    from tests.e2e.conftest import free_port
+
+    ns, _ = setup
+    kubectl("apply", "-f", "-", stdin=deployment("legacy", ns, PLAIN))
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                str(BIN),
+                "serve",
+                "--self-signed",
+                str(tmp_path / "certs"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(free_port()),
+                "--policy",
+                str(POLICY),
+                "--kubeconfig",
+                str(cluster),
+                "--reports",
+                "--report-namespace",
+                ns,
+                "--lease-namespace",
+                ns,
+                "--report-interval",
+                "0.5",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        converge(kubectl, ns, {("legacy", "image-streamable"): "fail"})
+        assert holder(kubectl, ns) is not None
+        assert "policy reports on: wgpolicyk8s.io/v1alpha2" in log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    assert holder(kubectl, ns) is None  # the server's stop gave the Lease up
