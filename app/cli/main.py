@@ -150,6 +150,7 @@ def _report_options(args: argparse.Namespace) -> ReportOptions:
         resync_seconds=args.resync,
         writes_per_second=args.writes_per_second,
         namespaces=tuple(_namespaces(args.report_namespace)),
+        min_write_interval=args.min_write_interval,
     )
     if args.identity:
         options.identity = args.identity
@@ -163,10 +164,15 @@ def _report(args: argparse.Namespace) -> int:
         policy_reload_interval=args.policy_reload_interval,
     )
     options = _report_options(args)
-    if options.lease_seconds < 3 or options.interval <= 0 or options.writes_per_second <= 0:
+    if (
+        options.lease_seconds < 3
+        or options.interval <= 0
+        or options.writes_per_second <= 0
+        or options.min_write_interval < 0
+    ):
         print(
-            "streamgate report: --lease-seconds must be at least 3, --interval and "
-            "--writes-per-second above 0",
+            "streamgate report: --lease-seconds must be at least 3, --report-interval and "
+            "--writes-per-second above 0, --min-write-interval at least 0",
             file=sys.stderr,
         )
         return EXIT_USAGE
@@ -223,6 +229,14 @@ def _add_report_options(p: Any) -> None:
         default=5.0,
         metavar="N",
         help="at most this many report writes a second (default %(default)s)",
+    )
+    p.add_argument(
+        "--min-write-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="write one namespace's reports at most this often; changes meanwhile wait "
+        "(default %(default)s)",
     )
     p.add_argument(
         "--report-namespace",

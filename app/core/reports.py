@@ -28,15 +28,18 @@ under one rule: the worst (fail > warn > error) with every message. A rule the p
 off (`ignore`) is `skip`, as is every rule of a workload streamgate does not judge (exempt,
 mode off); a workload that can't be read is `error` for each rule.
 
-One report per namespace, named `streamgate-<namespace>`; one that would pass
-`MAX_REPORT_BYTES` (etcd refuses objects past 1.5 MiB) goes on in `streamgate-<namespace>-2`,
-`-3`, ..., whole workloads in each, in a fixed order (kind, name, rule): the same state always
-gives the same objects, byte for byte.
+One report per namespace, named `streamgate-<namespace>`; a namespace whose results would
+pass `MAX_REPORT_BYTES` (etcd refuses objects past 1.5 MiB) is split into
+`streamgate-<namespace>`, `-2`, `-3`, ..., each workload in the one its kind and name hash to
+(`_shards`), in a fixed order within it (kind, name, rule): the same state always gives the
+same objects, byte for byte, and one workload's change rewrites one of them.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -58,6 +61,7 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "streamgate"}
 NAME_PREFIX = "streamgate-"
 MAX_REPORT_BYTES = 1_000_000  # JSON bytes of one report: well under etcd's 1.5 MiB request
 _ENVELOPE = 2048  # room kept for metadata and summary within max_bytes
+SHARD_FILL = 0.6  # a split namespace's reports are about this full, so a few more fit
 
 IMAGE_STREAMABLE = "image-streamable"
 POOLS_CAN_STREAM = "pools-can-stream"
@@ -318,6 +322,30 @@ def _size(doc: Any) -> int:
     return len(json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode())
 
 
+def _shards(
+    sized: list[tuple[list[dict[str, Any]], Subject, int]], max_bytes: int
+) -> list[list[dict[str, Any]]]:
+    """Workloads into reports: one while they fit; else each workload in the report its name
+    hashes to, among as many as keep them at about `SHARD_FILL` of `max_bytes` (one more until
+    none overflows). A change to one workload then rewrites one report, not every report
+    after it; only a change of the count moves workloads."""
+    budget = max_bytes - _ENVELOPE
+    total = sum(size for _, _, size in sized)
+    if total <= budget:
+        return [[d for docs, _, _ in sized for d in docs]]
+    count = max(2, math.ceil(total / (budget * SHARD_FILL)))
+    while True:
+        shards: list[list[dict[str, Any]]] = [[] for _ in range(count)]
+        used = [0] * count
+        for docs, subject, size in sized:
+            index = zlib.crc32(f"{subject.kind}/{subject.name}".encode()) % count
+            shards[index].extend(docs)
+            used[index] += size
+        if max(used) <= budget or count >= len(sized):
+            return [s for s in shards if s] or [[]]
+        count += 1
+
+
 def namespace_reports(
     namespace: str,
     results: Iterable[RuleResult],
@@ -330,18 +358,11 @@ def namespace_reports(
     or OPENREPORTS. Deterministic: the same results give the same objects."""
     if api not in KINDS:
         raise ValueError(f"unknown report API {api!r}: {', '.join(KINDS)}")
-    shards: list[list[dict[str, Any]]] = [[]]
-    used = 0
-    for group in _sorted(results):
-        docs = [r.to_dict() for r in group]
-        size = sum(_size(d) + 1 for d in docs)
-        if shards[-1] and used + size > max_bytes - _ENVELOPE:
-            shards.append([])
-            used = 0
-        shards[-1].extend(docs)
-        used += size
-    if not shards[0]:
+    groups = [([r.to_dict() for r in group], group[0].subject) for group in _sorted(results)]
+    if not groups:
         return []
+    sized = [(docs, subject, sum(_size(d) + 1 for d in docs)) for docs, subject in groups]
+    shards = _shards(sized, max_bytes)
     out = []
     for index, docs in enumerate(shards):
         counts = dict.fromkeys(("pass", "fail", "warn", "error", "skip"), 0)

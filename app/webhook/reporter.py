@@ -7,7 +7,8 @@ admission path.
 
 Each `interval` the leader (app/cluster/lease.py; every replica without an elector) takes the
 namespaces whose workloads changed since the last round (changes coalesce: a rollout of 50
-Deployments in one namespace is one report write), judges their workloads with the same
+Deployments in one namespace is one report write, and a namespace written less than
+`min_write_interval` ago waits for the next round), judges their workloads with the same
 `Admission` as the webhook (its registry caches, decision memo, node inventory and namespace
 modes), builds the reports (app/core/reports.py) and writes those whose content changed
 (app/cluster/policyreports.py). Every `resync_seconds` it judges every namespace again (node
@@ -72,6 +73,9 @@ class ReporterSettings:
     interval: float = 2.0  # seconds between rounds: changes within one coalesce
     resync_seconds: float = 300.0
     lookups_at_once: int = 4
+    # A namespace written less than this long ago waits (stays marked): under steady churn
+    # (a rollout, a mass delete) its reports are rewritten at most this often.
+    min_write_interval: float = 10.0
     namespaces: tuple[str, ...] = ()  # only these (default: every namespace)
 
 
@@ -127,6 +131,7 @@ class Reporter:
         self._policy: Policy | None = None
         self._synced_at = -1e18
         self._said = ""
+        self._written_at: dict[str, float] = {}
         self.state = ReporterState()
 
     # ---- the loop -----------------------------------------------------------------------------
@@ -173,14 +178,21 @@ class Reporter:
                 self._said = ""
             self._policy = policy
             self._synced_at = now
-            written = self.writer.namespaces()
+            existing = self.writer.namespaces()
             only = self.settings.namespaces
-            namespaces |= set(self.store.namespaces()) | (written & set(only) if only else written)
+            namespaces |= set(self.store.namespaces()) | (
+                existing & set(only) if only else existing
+            )
         for ns in sorted(namespaces):
             if self.elector is not None and not self.elector.is_leader():
                 return  # lost the lease mid-round: the next leader judges everything
+            last = self._written_at.get(ns)
+            if last is not None and now - last < self.settings.min_write_interval:
+                self.store.mark(ns)  # written a moment ago: this change waits for the next
+                continue
             try:
-                await self.sync_namespace(ns, policy)
+                if await self.sync_namespace(ns, policy):
+                    self._written_at[ns] = self._clock()
             except Exception as err:
                 logger.warning("reports: namespace %s not written: %s", ns, _short(err))
                 self.state.errors = [*self.state.errors[-9:], f"{ns}: {_short(err)}"]
@@ -226,7 +238,9 @@ class Reporter:
 
         await asyncio.gather(*(one(ref) for ref in missing))
 
-    async def sync_namespace(self, ns: str, policy: Policy) -> None:
+    async def sync_namespace(self, ns: str, policy: Policy) -> int:
+        """Judges the namespace's workloads and writes what changed; returns the number of
+        writes and deletes made."""
         items = sorted(self.store.namespace(ns), key=lambda s: s.key)
         await self._prefetch(items, policy)
         stamp = int(self._wall())
@@ -253,8 +267,10 @@ class Reporter:
             del self._results[key]  # deleted workloads
         docs = namespace_reports(ns, results, api=self.settings.api)
         wanted = {d["metadata"]["name"] for d in docs}
+        changes = 0
         for doc in docs:
             if await asyncio.to_thread(self.writer.apply, doc):
+                changes += 1
                 logger.info(
                     "reports: wrote %s/%s (%d results)",
                     ns,
@@ -263,7 +279,9 @@ class Reporter:
                 )
         for name in sorted(self.writer.names(ns) - wanted):
             await asyncio.to_thread(self.writer.delete, ns, name)
+            changes += 1
             logger.info("reports: deleted %s/%s (no workload left for it)", ns, name)
+        return changes
 
 
 def _short(err: BaseException) -> str:

@@ -114,6 +114,7 @@ class ReportOptions:
     resync_seconds: float = 300.0
     writes_per_second: float = 5.0
     namespaces: tuple[str, ...] = ()  # only these (default: every namespace)
+    min_write_interval: float = 10.0  # seconds between writes of one namespace's reports
 
 
 def build_reporter(
@@ -144,6 +145,7 @@ def build_reporter(
             interval=options.interval,
             resync_seconds=options.resync_seconds,
             namespaces=options.namespaces,
+            min_write_interval=options.min_write_interval,
         ),
         ready=lambda: watcher.ready,
     )

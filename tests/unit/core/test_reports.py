@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -218,8 +219,16 @@ def test_a_big_namespace_is_split_into_numbered_reports_with_whole_workloads():
         assert len(doc["results"]) % len(RULES) == 0
         assert sum(doc["summary"].values()) == len(doc["results"])
         seen.extend(r["resources"][0]["name"] for r in doc["results"][:: len(RULES)])
-    assert seen == [f"w{i:04d}" for i in range(300)]
+    assert sorted(seen) == [f"w{i:04d}" for i in range(300)]  # each workload once
     assert report_name("big", 0) == "streamgate-big"
+    # one workload's change rewrites only the report it is in
+    changed = [
+        r if r.subject.name != "w0123" else replace(r, outcome=Outcome.FAIL, message="x" * 200)
+        for r in results
+    ]
+    again = namespace_reports("big", changed, max_bytes=50_000)
+    assert [d["metadata"]["name"] for d in again] == [d["metadata"]["name"] for d in docs]
+    assert sum(a != b for a, b in zip(docs, again, strict=True)) == 1
 
 
 def test_reports_cover_each_namespace_and_none_for_an_empty_one():

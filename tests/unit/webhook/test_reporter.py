@@ -92,7 +92,7 @@ def reporter(
         store,
         writer,
         elector,
-        settings=ReporterSettings(**settings),
+        settings=ReporterSettings(**{"min_write_interval": 0.0, **settings}),
         wall=lambda: now[0],
         clock=lambda: now[0],
     )
@@ -192,3 +192,18 @@ async def test_the_scope_leaves_other_namespaces_reports_alone():
     store.replace("Deployment", [deployment("web")])
     await rep.round()
     assert ("data", "streamgate-data") in writer.objects and writer.deletes == 0
+
+
+async def test_a_namespace_written_a_moment_ago_waits_for_the_interval():
+    rep, store, writer, now = reporter(min_write_interval=10.0)
+    store.replace("Deployment", [deployment("web")])
+    await rep.round()
+    assert writer.writes == 1
+    for i in range(5):  # steady churn: one change a second
+        store.event("Deployment", "ADDED", deployment(f"w{i}"))
+        now[0] += 1
+        await rep.round()
+    assert writer.writes == 1  # deferred, still marked
+    now[0] += 6
+    await rep.round()
+    assert writer.writes == 2 and len(results(writer)) == 6 * 4
