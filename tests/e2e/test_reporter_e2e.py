@@ -81,6 +81,14 @@ class Reporters:
     def log(self, identity: str) -> str:
         return (self.logs / f"{identity}.log").read_text()
 
+    def logged(self, identity: str, text: str) -> None:
+        """Waits for `text` in the log (info lines reach it within 0.2 s)."""
+        wait_for(
+            f"{text!r} in {identity}'s log",
+            lambda: True if text in self.log(identity) else None,
+            timeout=10,
+        )
+
     def stop(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
@@ -178,7 +186,7 @@ def test_reports_converge_and_one_leader_writes_and_a_successor_takes_over(kubec
     )
     leader = wait_for("a lease holder", lambda: holder(kubectl, ns))
     other = "beta" if leader == "alpha" else "alpha"
-    assert "reports: wrote" in reporters.log(leader)
+    reporters.logged(leader, "reports: wrote")
     assert "reports: wrote" not in reporters.log(other)  # only the leader writes
     assert "leads" not in reporters.log(other)
 
@@ -211,12 +219,12 @@ def test_reports_converge_and_one_leader_writes_and_a_successor_takes_over(kubec
         lambda: True if holder(kubectl, ns) == other else None,
         timeout=LEASE_SECONDS * 4,
     )
-    assert f"{other} leads (taken over from {leader})" in reporters.log(other)
+    reporters.logged(other, f"{other} leads (taken over from {leader})")
     kubectl("apply", "-f", "-", stdin=deployment("late", ns, PLAIN, **on_streaming))
     converge(
         kubectl, ns, {("late", "image-streamable"): "fail", ("legacy", "pull-secrets"): "warn"}
     )
-    assert "reports: wrote" in reporters.log(other)
+    reporters.logged(other, "reports: wrote")
     got = results(kubectl, ns)
     assert got is not None and {k[0] for k in got} == {"legacy", "late"}
 
@@ -226,7 +234,7 @@ def test_reports_converge_and_one_leader_writes_and_a_successor_takes_over(kubec
         "the report to be deleted",
         lambda: True if results(kubectl, ns) is None else None,
     )
-    assert "deleted" in reporters.log(other)
+    reporters.logged(other, f"reports: deleted {ns}/streamgate-{ns}")
 
 
 def test_a_stopped_leader_gives_the_lease_up(kubectl, setup):
