@@ -51,7 +51,7 @@ class Reporters:
         self.cluster, self.ns, self.logs = cluster, ns, logs
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, identity: str) -> None:
+    def start(self, identity: str, *extra: str) -> None:
         log = (self.logs / f"{identity}.log").open("wb")
         self.procs[identity] = subprocess.Popen(
             [
@@ -73,6 +73,7 @@ class Reporters:
                 "0.5",
                 "--min-write-interval",
                 "1",
+                *extra,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -237,11 +238,20 @@ def test_reports_converge_and_one_leader_writes_and_a_successor_takes_over(kubec
     reporters.logged(other, f"reports: deleted {ns}/streamgate-{ns}")
 
 
-def test_a_stopped_leader_gives_the_lease_up(kubectl, setup):
+def test_a_stopped_leader_gives_the_lease_up_and_openreports_are_written_too(kubectl, setup):
     ns, reporters = setup
-    kubectl("apply", "-f", "-", stdin=deployment("web", ns, STREAMABLE))
-    reporters.start("solo")
-    wait_for("the report", lambda: results(kubectl, ns))
+    kubectl("apply", "-f", "-", stdin=deployment("web", ns, PLAIN))
+    reporters.start("solo", "--reports-api", "openreports")
+
+    def report() -> dict[str, Any] | None:
+        out = kubectl("get", "reports.openreports.io", "-n", ns, "-o", "json").stdout
+        items = json.loads(out)["items"]
+        return items[0] if items else None
+
+    got = wait_for("the openreports Report", report)
+    assert (got["metadata"]["name"], got["source"]) == (f"streamgate-{ns}", "streamgate")
+    assert {(r["rule"], r["result"]) for r in got["results"]} >= {("image-streamable", "fail")}
+    assert results(kubectl, ns) is None  # no PolicyReport: the API asked for only
     assert holder(kubectl, ns) == "solo"
     reporters.procs["solo"].terminate()
     assert reporters.procs["solo"].wait(15) == 0
