@@ -177,7 +177,7 @@ def _report(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     load_policy(settings.policy_path)  # refuse a bad policy before anything starts
-    kube_api(None if args.kubeconfig == "in-cluster" else args.kubeconfig)  # a clear line if bad
+    kube_api(args.kubeconfig)  # a kubeconfig that does not load: one clear line, exit 2
     asyncio.run(run_reporter(settings, options))
     return EXIT_OK
 
