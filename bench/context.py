@@ -35,6 +35,7 @@ class Settings:
     replicas_runs: int = 2
     kyverno_pods: int = 600  # per side and run, one at a time
     kyverno_runs: int = 2
+    report_workloads: int = 2000  # Deployments in the policy-report namespace
     app_root: Path | None = None  # another checkout's `app` for the servers (before/after)
 
     @classmethod
@@ -59,6 +60,7 @@ class Settings:
             replicas_runs=1,
             kyverno_pods=5,
             kyverno_runs=1,
+            report_workloads=20,
         )
 
 

@@ -165,6 +165,8 @@ def write(results: dict[str, Any], out: Path) -> None:
         lines += _kyverno(sections["kyverno"])
     if "replicas" in sections:
         lines += _replicas(sections["replicas"])
+    if "reports" in sections:
+        lines += _reports(sections["reports"])
     if CHANGES.exists():
         lines += ["", CHANGES.read_text().rstrip(), ""]
     lines += _method()
@@ -695,6 +697,44 @@ def _replicas(r: dict[str, Any]) -> list[str]:
     from bench.replicas import verdict
 
     out += ["", f"Against the issue's bound: {verdict(r.get('worst_replica_per_image'))}.", ""]
+    return out
+
+
+def _reports(r: dict[str, Any]) -> list[str]:
+    out = ["## Policy reports", "", *_error(r)]
+    if "error" in r:
+        return out
+    sizes = r["bytes"]
+    out += [
+        f"One namespace of {r['workloads']:,} Deployments (a third without a streaming artifact,"
+        " half on a streaming pool), `streamgate report` (defaults, but a round every second)"
+        " against the local control plane with"
+        " the real PolicyReport CRD (bench/reports.py); converged = the namespace's reports"
+        " hold the expected results, read back with kubectl. Reproduce:"
+        ' `make bench BENCH_ARGS="--sections reports"`.',
+        "",
+        f"- first full reports: **{r['first_seconds']:g} s** from the reporter's start (watches"
+        f" listed, images looked up, every workload judged), {r['first_writes']} writes;"
+        f" {r['idle_writes']} writes in the idle rounds after",
+        f"- size: {r['objects']} PolicyReport objects, {r['results']:,} results,"
+        f" {sum(sizes):,} bytes in all (largest {max(sizes):,}; each object at most 1 MB)",
+        f"- the reporter's RSS at the end: {r['rss_mib']:g} MiB; CPU {r['cpu_seconds']:g} s",
+        "",
+        "Converged after: from the first kubectl call of the change (its own time in"
+        " brackets: kubectl applies or deletes one object after another) until the reports"
+        " hold the result, read back once a second. A namespace's reports are written at most"
+        " every 10 s (`--min-write-interval`), so changes spread over a longer time are written"
+        " in several rounds.",
+        "",
+        "| change | converged after (kubectl) | report writes | deletes |",
+        "|---|---|---|---|",
+    ]
+    for step in r["steps"]:
+        out.append(
+            f"| {step['label']} | {step['seconds']:g} s ({step.get('kubectl_seconds', 0):g} s) |"
+            f" {step['writes']} | {step.get('deletes', 0)} |"
+        )
+    out.append("")
     return out
 
 

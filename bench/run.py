@@ -31,7 +31,17 @@ from bench.context import Ctx, Settings
 from bench.load import ensure_wrk
 from bench.registry import olareg
 
-SECTIONS = ("warm", "cold", "apiserver", "scale", "workers", "pythons", "kyverno", "replicas")
+SECTIONS = (
+    "warm",
+    "cold",
+    "apiserver",
+    "scale",
+    "workers",
+    "pythons",
+    "kyverno",
+    "replicas",
+    "reports",
+)
 
 
 def _kubeconfig(start: bool) -> str | None:
@@ -54,7 +64,7 @@ def _kubeconfig(start: bool) -> str | None:
 
 
 def _section(name: str) -> Callable[[Ctx], dict[str, Any]]:
-    from bench import apiserver, cold, kyverno, pythons, replicas, scale, warm, workers
+    from bench import apiserver, cold, kyverno, pythons, replicas, reports, scale, warm, workers
 
     return {
         "warm": warm.run,
@@ -65,6 +75,7 @@ def _section(name: str) -> Callable[[Ctx], dict[str, Any]]:
         "pythons": pythons.run,
         "kyverno": kyverno.run,
         "replicas": replicas.run,
+        "reports": reports.run,
     }[name]
 
 
@@ -109,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     reg = olareg(start=start)
     kube = None
-    if {"apiserver", "warm", "kyverno"} & set(sections) and not args.smoke:
+    if {"apiserver", "warm", "kyverno", "reports"} & set(sections) and not args.smoke:
         kube = _kubeconfig(start)
     ctx = Ctx(settings=settings, work=work, olareg=reg, kubeconfig=kube)
     began = time.monotonic()

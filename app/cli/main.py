@@ -43,6 +43,7 @@ from app.cli.explain import to_text as explain_text
 from app.cli.poolreport import inventory_from_file, pool_table
 from app.cli.scan import (
     RENDERERS,
+    REPORT_OUTPUTS,
     KubeReader,
     Progress,
     Report,
@@ -62,6 +63,7 @@ from app.core.conversions import select_images
 from app.core.nodes.placement import PlacementIndex
 from app.core.policy import Mode, Policy, PolicyError
 from app.core.pools import UNKNOWN_PLACEMENT, Placement, PlacementSource
+from app.core.reports import OPENREPORTS, WGPOLICY
 from app.core.verdicts import OfflineVerdicts, VerdictSource
 from app.registry.source import RegistryVerdictSource
 from app.telemetry.events import DEFAULT_INTERVAL
@@ -70,7 +72,13 @@ from app.telemetry.logs import configure as configure_logging
 from app.webhook import loops
 from app.webhook.connections import HTTP_PROTOCOLS, ProtocolUnavailable, guarded_protocol
 from app.webhook.reload import load_policy
-from app.webhook.serve import ServeSettings, build_admission, run_webhook
+from app.webhook.serve import (
+    ReportOptions,
+    ServeSettings,
+    build_admission,
+    run_reporter,
+    run_webhook,
+)
 
 EXIT_OK, EXIT_DENIED, EXIT_USAGE = 0, 1, 2
 EXIT_AUTH = 4  # `convert`: the registry refused the credentials or the push right
@@ -112,12 +120,16 @@ def _serve(args: argparse.Namespace) -> int:
         loop=args.loop,
         client_ca=args.client_ca,
         revision=revision(),
+        reports=_report_options(args) if args.reports else None,
     )
     if settings.client_ca is not None and not settings.client_ca.is_file():
         print(f"streamgate serve: --client-ca {settings.client_ca}: no such file", file=sys.stderr)
         return EXIT_USAGE
     if settings.events and not settings.kube:
         print("streamgate serve: --events needs --kubeconfig", file=sys.stderr)
+        return EXIT_USAGE
+    if settings.reports and not settings.kube:
+        print("streamgate serve: --reports needs --kubeconfig", file=sys.stderr)
         return EXIT_USAGE
     try:  # a missing C extension is said before anything starts, with the way out
         guarded_protocol(settings.http)
@@ -132,6 +144,134 @@ def _serve(args: argparse.Namespace) -> int:
     load_policy(settings.policy_path)  # refuse a bad policy before anything starts
     loops.run(run_webhook(settings), settings.loop)
     return EXIT_OK
+
+
+REPORT_APIS = {"policyreport": WGPOLICY, "openreports": OPENREPORTS}
+
+
+def _report_options(args: argparse.Namespace) -> ReportOptions:
+    options = ReportOptions(
+        api=REPORT_APIS[args.reports_api],
+        lease_namespace=args.lease_namespace or None,
+        lease_name=args.lease_name,
+        lease_seconds=args.lease_seconds,
+        interval=args.report_interval,
+        resync_seconds=args.resync,
+        writes_per_second=args.writes_per_second,
+        namespaces=tuple(_namespaces(args.report_namespace)),
+        min_write_interval=args.min_write_interval,
+    )
+    if args.identity:
+        options.identity = args.identity
+    return options
+
+
+def _report(args: argparse.Namespace) -> int:
+    settings = ServeSettings(
+        policy_path=args.policy,
+        kube=args.kubeconfig,
+        policy_reload_interval=args.policy_reload_interval,
+    )
+    options = _report_options(args)
+    if (
+        options.lease_seconds < 3
+        or options.interval <= 0
+        or options.writes_per_second <= 0
+        or options.min_write_interval < 0
+    ):
+        print(
+            "streamgate report: --lease-seconds must be at least 3, --report-interval and "
+            "--writes-per-second above 0, --min-write-interval at least 0",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    load_policy(settings.policy_path)  # refuse a bad policy before anything starts
+    kube_api(args.kubeconfig)  # a kubeconfig that does not load: one clear line, exit 2
+    asyncio.run(run_reporter(settings, options))
+    return EXIT_OK
+
+
+def _add_report_options(p: Any) -> None:
+    p.add_argument(
+        "--reports-api",
+        choices=list(REPORT_APIS),
+        default="policyreport",
+        help="wgpolicyk8s.io/v1alpha2 PolicyReports (default; what Policy Reporter reads) or "
+        "openreports.io/v1alpha1 Reports",
+    )
+    p.add_argument(
+        "--lease-namespace",
+        metavar="NS",
+        help="elect one writer among replicas with a Lease in this namespace "
+        "(default: no election, this process always writes)",
+    )
+    p.add_argument("--lease-name", default="streamgate-reporter", metavar="NAME")
+    p.add_argument(
+        "--identity", help="this candidate's name in the Lease (default: $POD_NAME or host, pid)"
+    )
+    p.add_argument(
+        "--lease-seconds",
+        type=int,
+        default=15,
+        metavar="N",
+        help="how long a leader that stopped renewing keeps the Lease (default %(default)s)",
+    )
+    p.add_argument(
+        "--report-interval",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="seconds between rounds; changes within one are written together "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--resync",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="judge every namespace again this often (pools and registries change too; "
+        "unchanged reports are not written) (default %(default)s)",
+    )
+    p.add_argument(
+        "--writes-per-second",
+        type=float,
+        default=5.0,
+        metavar="N",
+        help="at most this many report writes a second (default %(default)s)",
+    )
+    p.add_argument(
+        "--min-write-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="write one namespace's reports at most this often; changes meanwhile wait "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--report-namespace",
+        action="append",
+        metavar="NS",
+        help="report only on these namespaces (repeatable, or comma-separated; default: all)",
+    )
+
+
+def _add_report(sub: Any) -> None:
+    rep = sub.add_parser(
+        "report",
+        help="keep a PolicyReport per namespace up to date (the reporter without the webhook)",
+    )
+    rep.add_argument(
+        "--kubeconfig",
+        metavar="PATH|in-cluster",
+        required=True,
+        help="the cluster to watch and write reports to",
+    )
+    rep.add_argument("--policy", type=Path, help="policy YAML (default: built-in defaults)")
+    rep.add_argument("--policy-reload-interval", type=float, default=5.0, metavar="SECONDS")
+    rep.add_argument("--log-level", default="info")
+    rep.add_argument("--log-format", choices=list(FORMATS), default="text")
+    _add_report_options(rep)
+    rep.set_defaults(func=_report)
 
 
 def _uninstall_hook(args: argparse.Namespace) -> int:
@@ -288,7 +428,17 @@ def _scan_report(args: argparse.Namespace, policy: Policy, *, quiet: bool) -> Re
 def _scan(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy)
     report = _scan_report(args, policy, quiet=args.quiet)
-    print(_terminal_safe(RENDERERS[args.output](report)))
+    text = RENDERERS[args.output](report)
+    if args.output in REPORT_OUTPUTS:
+        # Objects for `kubectl apply -f -`: what they can't say goes to stderr.
+        for note in report.notes:
+            print(f"streamgate scan: note: {note}", file=sys.stderr)
+        if not text:
+            print("streamgate scan: no workloads found: no reports to write", file=sys.stderr)
+            return EXIT_OK
+        sys.stdout.write(text)
+        return EXIT_OK
+    print(_terminal_safe(text))
     return EXIT_OK
 
 
@@ -691,7 +841,16 @@ def parser() -> argparse.ArgumentParser:
         help="watch node pools and namespace labels through this kubeconfig, or "
         "'in-cluster' for the pod's service account (default: no cluster)",
     )
+    r = s.add_argument_group("policy reports (see `streamgate report`)")
+    r.add_argument(
+        "--reports",
+        action="store_true",
+        help="keep a PolicyReport per namespace up to date (needs --kubeconfig and RBAC)",
+    )
+    _add_report_options(r)
     s.set_defaults(func=_serve)
+
+    _add_report(sub)
 
     _add_check(sub)
     _add_scan(sub)
@@ -717,11 +876,15 @@ def parser() -> argparse.ArgumentParser:
 
     _add_uninstall_hook(sub)
 
+    _add_certs(sub)
+    return p
+
+
+def _add_certs(sub: Any) -> None:
     t = sub.add_parser("certs", help="write a self-signed CA and serving pair")
     t.add_argument("dir", type=Path)
     t.add_argument("--host", action="append", default=None)
     t.set_defaults(func=_certs)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

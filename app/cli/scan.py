@@ -32,14 +32,17 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
+import yaml
+
 from app.core.evaluate import ANNOTATION_STREAMING, Decision, Severity
 from app.core.images import ImageRef
 from app.core.nodes.model import inventory_from_api
 from app.core.nodes.placement import PlacementIndex
 from app.core.plan import plan
-from app.core.policy import MODE_LABEL, Mode, Policy, mode_from_label
+from app.core.policy import MODE_LABEL, Mode, Policy, mode_from_label, parse_policy
 from app.core.pools import UNKNOWN_PLACEMENT, Placement, PlacementSource, PoolFit
 from app.core.registries import RegistryConfig
+from app.core.reports import OPENREPORTS, WGPOLICY, RuleResult, Subject, reports, workload_results
 from app.core.verdicts import ImageVerdict, Verdict, VerdictSource
 from app.core.workloads import JUDGED_OWNERS, KINDS, WorkloadError, workload
 from app.registry.errors import CircuitOpen, RateLimited
@@ -211,6 +214,10 @@ class ClusterObject:
     @property
     def name(self) -> str:
         return str(self.metadata.get("name") or "")
+
+    @property
+    def uid(self) -> str:
+        return str(self.metadata.get("uid") or "")
 
     @property
     def controller(self) -> str | None:
@@ -504,6 +511,7 @@ class Row:
     error: str | None = None
     pull_secrets: bool = False  # pulls with imagePullSecrets (which don't stream)
     pods: int = 1  # pods it runs: `pod_count`
+    uid: str = ""  # metadata.uid, for the policy reports' object references
 
     @property
     def judged(self) -> list[Any]:
@@ -624,6 +632,8 @@ class Report:
     pools_known: bool
     pools: tuple[PoolFit, ...] = ()  # every node pool with its streaming judgement
     registry_names: Mapping[str, str] = field(default_factory=dict)  # acrRegistryNames
+    policy: Policy | None = None  # what judged the rows (the policy reports need its actions)
+    finished: float = 0.0  # when the scan ended (seconds since the epoch)
 
     def totals(self) -> dict[str, int]:
         rows = self.rows
@@ -708,6 +718,7 @@ async def scan(
                     None,
                     error=str(err),
                     pods=pods,
+                    uid=obj.uid,
                 )
             )
             continue
@@ -728,6 +739,7 @@ async def scan(
                 None,
                 secrets,
                 pods,
+                obj.uid,
             )
         )
     progress.update("judging workloads", total, total)
@@ -743,6 +755,8 @@ async def scan(
         pools_known=not isinstance(snapshot.placement, _Unknown),
         pools=_pool_status(snapshot.placement),
         registry_names=dict(policy.acr_registry_names),
+        policy=policy,
+        finished=time.time(),
     )
 
 
@@ -967,12 +981,47 @@ def to_html(report: Report) -> str:
     return render(report)
 
 
+def report_results(report: Report) -> list[RuleResult]:
+    """Each row's four policy-report results (app/core/reports.py), stamped with the scan's
+    end."""
+    policy = report.policy or parse_policy({})
+    stamp = int(report.finished or time.time())
+    out: list[RuleResult] = []
+    for row in report.rows:
+        subject = Subject(row.kind, row.namespace, row.name, row.uid)
+        out.extend(
+            workload_results(subject, row.decision, policy, timestamp=stamp, error=row.error)
+        )
+    return out
+
+
+def _report_yaml(report: Report, api: str) -> str:
+    docs = reports(report_results(report), api=api)
+    if not docs:
+        return ""
+    return yaml.safe_dump_all(docs, sort_keys=False, explicit_start=True, width=1000)
+
+
+def to_policyreport(report: Report) -> str:
+    """wgpolicyk8s.io/v1alpha2 PolicyReports, one per namespace, as multi-document YAML for
+    `kubectl apply -f -`."""
+    return _report_yaml(report, WGPOLICY)
+
+
+def to_openreports(report: Report) -> str:
+    """The same results as openreports.io/v1alpha1 Reports."""
+    return _report_yaml(report, OPENREPORTS)
+
+
 RENDERERS: dict[str, Callable[[Report], str]] = {
     "table": to_table,
     "json": to_json,
     "markdown": to_markdown,
     "html": to_html,
+    "policyreport": to_policyreport,
+    "openreports": to_openreports,
 }
+REPORT_OUTPUTS = ("policyreport", "openreports")  # Kubernetes objects, not text to read
 
 
 def kube_api(kubeconfig: str | None, context: str | None = None) -> Any:

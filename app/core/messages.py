@@ -285,3 +285,23 @@ def denial(kind: str, name: str, problems: Sequence[str]) -> str:
     return printable(
         f"streamgate: {kind} {name or '(unnamed)'} can't use artifact streaming: {listed}"
     )
+
+
+# Where a message's fix starts: after one of these markers (the command, whole), or its last
+# "; " part when that says what to do. Checked against every builder above in
+# tests/unit/core/test_messages.py.
+_FIX_MARKERS = ("; fix: ", "; retry: ", "; enable it: ", "; details: ")
+_FIX_STARTS = ("use ", "add ", "target ", "pull it by tag")
+
+
+def fix_of(text: str) -> str | None:
+    """The part of a message that says what to do (a command, or the change to make), or None
+    when the message names no fix (a conversion that is running, an image outside ACR)."""
+    for marker in _FIX_MARKERS:
+        if marker in text:
+            return text.rsplit(marker, 1)[1]
+    for sep in ("; ", ": "):
+        tail = text.rsplit(sep, 1)[-1] if sep in text else ""
+        if tail.startswith(_FIX_STARTS):
+            return tail
+    return None

@@ -7,6 +7,10 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import signal
+import socket
+import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +20,14 @@ import uvicorn
 
 from app.certs.keeper import CertificateKeeper, ManagedCertSettings, manage_certificates
 from app.certs.tls import CertReloader, issue_self_signed, server_context
+from app.cluster.lease import LeaderElector
 from app.cluster.namespaces import NamespaceLabels
 from app.cluster.nodes import NodeWatcher, api_client_from_config
+from app.cluster.policyreports import ReportWriter
+from app.cluster.workloads import WorkloadWatcher
 from app.core.policy import Policy
 from app.core.pools import NoInventory, PlacementSource
+from app.core.reports import WGPOLICY
 from app.core.verdicts import VerdictSource
 from app.registry.source import RegistryVerdictSource
 from app.telemetry.event_checks import KubeObjects
@@ -35,12 +43,19 @@ from app.webhook.admission import (
 from app.webhook.connections import FIRST_REQUEST_TIMEOUT, guarded_protocol
 from app.webhook.loops import EventLoop, loop_factory
 from app.webhook.reload import PolicyReloader, load_policy
+from app.webhook.reporter import Reporter, ReporterSettings
 from app.webhook.server import create_app
 
 logger = logging.getLogger(__name__)
 
 IN_CLUSTER = "in-cluster"
 LOOKUP_GRACE = 0.25
+
+
+def default_identity() -> str:
+    """The pod's name (POD_NAME, from the downward API) or host name, and the process id."""
+    host = os.environ.get("POD_NAME") or socket.gethostname()
+    return f"{host}_{os.getpid()}"
 
 
 @dataclass
@@ -81,6 +96,60 @@ class ServeSettings:
     client_ca: Path | None = None
     # The source revision, for streamgate_build_info (app/cli/version.py works it out).
     revision: str = "unknown"
+    # --reports: keep policy reports up to date beside serving (needs `kube`).
+    reports: ReportOptions | None = None
+
+
+@dataclass
+class ReportOptions:
+    """The reporter (app/webhook/reporter.py): which API, the Lease that picks the one replica
+    that writes (no Lease: this process always writes), and its pace."""
+
+    api: str = WGPOLICY
+    lease_namespace: str | None = None
+    lease_name: str = "streamgate-reporter"
+    identity: str = field(default_factory=default_identity)
+    lease_seconds: int = 15
+    interval: float = 2.0
+    resync_seconds: float = 300.0
+    writes_per_second: float = 5.0
+    namespaces: tuple[str, ...] = ()  # only these (default: every namespace)
+    min_write_interval: float = 10.0  # seconds between writes of one namespace's reports
+
+
+def build_reporter(
+    api: Any, admission: Admission, options: ReportOptions
+) -> tuple[Reporter, WorkloadWatcher]:
+    """The reporter over `admission` (its caches, memo, node pools and modes) and a watch of
+    every workload kind; start the watcher, then run `reporter.run()`."""
+    watcher = WorkloadWatcher(api, namespaces=options.namespaces)
+    writer = ReportWriter(api, api=options.api, writes_per_second=options.writes_per_second)
+    elector = None
+    if options.lease_namespace:
+        elector = LeaderElector(
+            api,
+            namespace=options.lease_namespace,
+            name=options.lease_name,
+            identity=options.identity,
+            lease_seconds=options.lease_seconds,
+            renew_deadline_seconds=options.lease_seconds * 2 / 3,
+            retry_seconds=options.interval,
+        )
+    reporter = Reporter(
+        admission,
+        watcher.store,
+        writer,
+        elector,
+        settings=ReporterSettings(
+            api=options.api,
+            interval=options.interval,
+            resync_seconds=options.resync_seconds,
+            namespaces=options.namespaces,
+            min_write_interval=options.min_write_interval,
+        ),
+        ready=lambda: watcher.ready,
+    )
+    return reporter, watcher
 
 
 class _PolicyHolder:
@@ -235,6 +304,14 @@ async def serve(
     # otherwise walk all of it (45-70 ms) several times a second under load: the p99 spikes.
     gc.collect()
     gc.freeze()
+    # uvicorn shuts down on SIGTERM/SIGINT and then raises the signal again with the handlers
+    # it found: those are ours while it serves, so the background loops' own ends run (the
+    # reporter gives its Lease up) before the signal takes effect as it would have.
+    captured: list[int] = []
+    previous: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda signum, frame: captured.append(signum))
     try:
         await running.server.serve()
     finally:
@@ -242,6 +319,10 @@ async def serve(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    for signum in captured:
+        signal.raise_signal(signum)
 
 
 def _probe_watches(metrics: Metrics, watches: Watches) -> None:
@@ -278,14 +359,42 @@ def _probe_certificate(metrics: Metrics, reloader: CertReloader) -> None:
     )
 
 
+def _start_reporter(
+    settings: ServeSettings,
+    admission: Admission,
+    background: list[Callable[[], Coroutine[Any, Any, None]]],
+) -> WorkloadWatcher | None:
+    """`serve --reports`: the reporter beside the server, over the server's `admission`."""
+    options = settings.reports
+    if options is None or not settings.kube:
+        return None
+    kube = settings.kube
+    api = api_client_from_config(None if kube == IN_CLUSTER else kube)
+    reporter, watcher = build_reporter(api, admission, options)
+    background.append(reporter.run)
+    watcher.start()
+    lease = f"lease {options.lease_namespace}/{options.lease_name}"
+    logger.info(
+        "policy reports on: %s, %s",
+        options.api,
+        lease if options.lease_namespace else "no lease (this replica always writes)",
+    )
+    return watcher
+
+
+def _needs_kube(settings: ServeSettings) -> None:
+    for on, flag in ((settings.events, "--events"), (settings.reports, "--reports")):
+        if on and not settings.kube:
+            raise SystemExit(f"streamgate serve: {flag} needs --kubeconfig (a path or in-cluster)")
+
+
 async def run_webhook(settings: ServeSettings) -> None:
     """Everything `streamgate serve` runs: policy, watches, registry client, metrics,
     policy reload, TLS server. Returns when the server stops."""
     policy = load_policy(settings.policy_path)
     metrics = Metrics(revision=settings.revision)
     metrics.named_registries = policy.names_registry
-    if settings.events and not settings.kube:
-        raise SystemExit("streamgate serve: --events needs --kubeconfig (a path or in-cluster)")
+    _needs_kube(settings)
     watches = Watches(settings.kube, policy) if settings.kube else None
     source = RegistryVerdictSource(
         policy.registry, acr_hosts=policy.is_acr, aad_hosts=policy.may_get_aad, observer=metrics
@@ -344,6 +453,7 @@ async def run_webhook(settings: ServeSettings) -> None:
             settings.event_interval,
         )
     background: list[Callable[[], Coroutine[Any, Any, None]]] = []
+    workload_watcher = _start_reporter(settings, admission, background)
     if settings.policy_path is not None:
         assert isinstance(admission.policy, _PolicyHolder)
         reloader = PolicyReloader(
@@ -382,8 +492,67 @@ async def run_webhook(settings: ServeSettings) -> None:
     finally:
         if watches:
             watches.stop()
+        if workload_watcher is not None:
+            workload_watcher.stop()
         if recorder is not None:
             recorder.stop()
         if metrics_server is not None:
             metrics_server.shutdown()
+        await source.aclose()
+
+
+async def run_reporter(settings: ServeSettings, options: ReportOptions) -> None:
+    """`streamgate report`: the reporter alone, with its own watches and registry client
+    (the same code as `serve --reports`). Runs until cancelled (SIGTERM, SIGINT), then gives
+    its Lease up."""
+    assert settings.kube is not None
+    policy = load_policy(settings.policy_path)
+    watches = Watches(settings.kube, policy)
+    source = RegistryVerdictSource(
+        policy.registry, acr_hosts=policy.is_acr, aad_hosts=policy.may_get_aad
+    )
+    admission = build_admission(
+        settings,
+        verdicts=source,
+        placement=watches.nodes,
+        namespaces=watches.namespaces,
+        policy=policy,
+    )
+    api = api_client_from_config(None if settings.kube == IN_CLUSTER else settings.kube)
+    reporter, watcher = build_reporter(api, admission, options)
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = [reporter.run]
+    if settings.policy_path is not None:
+        assert isinstance(admission.policy, _PolicyHolder)
+        reloader = PolicyReloader(
+            admission.policy, settings.policy_path, interval=settings.policy_reload_interval
+        )
+        background.append(reloader.run)
+    watches.start()
+    watcher.start()
+    first = reporter.ready
+    reporter.ready = lambda: first() and watches.ready()[0]
+    tasks = [asyncio.create_task(loop()) for loop in background]
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, lambda: [t.cancel() for t in tasks])
+    logger.info(
+        "streamgate report: %s as %s%s",
+        options.api,
+        options.identity,
+        f", lease {options.lease_namespace}/{options.lease_name}"
+        if options.lease_namespace
+        else " (no lease: always writes)",
+    )
+    try:
+        await asyncio.gather(*tasks)
+    except asyncio.CancelledError:
+        pass
+    finally:
+        for task in tasks:
+            if not task.done() and not task.cancelling():
+                task.cancel()  # (a cancelled one is finishing: the reporter gives its Lease up)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        watcher.stop()
+        watches.stop()
         await source.aclose()

@@ -206,3 +206,28 @@ def _wait_until_admitting(kubectl: Kubectl, namespace: str, timeout: float = 30)
             return
         time.sleep(0.5)
     raise AssertionError("the webhook did not start answering the apiserver")
+
+
+POLICYREPORT_CRDS = ROOT / "hack" / "policyreport-crds.sh"
+REPORT_CRDS = (
+    "policyreports.wgpolicyk8s.io",
+    "clusterpolicyreports.wgpolicyk8s.io",
+    "reports.openreports.io",
+    "clusterreports.openreports.io",
+)
+
+
+@pytest.fixture(scope="session")
+def policyreport_crds(kubectl: Kubectl) -> Path:
+    """The wgpolicyk8s.io and openreports.io CRDs, from the API projects' Go modules
+    (hack/policyreport-crds.sh), installed in the shared cluster. CRDs are cluster-wide and
+    other tests may use them: applied idempotently, never deleted."""
+    out = subprocess.run(
+        [str(POLICYREPORT_CRDS)], capture_output=True, text=True, timeout=600, check=False
+    )
+    if out.returncode != 0:
+        raise AssertionError(f"hack/policyreport-crds.sh failed:\n{out.stderr}")
+    crds = Path(out.stdout.strip())
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds), timeout=120)
+    kubectl("wait", "--for=condition=Established", *(f"crd/{n}" for n in REPORT_CRDS))
+    return crds

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.e2e.conftest import REGISTRY, ROOT, Kubectl
 
@@ -396,3 +397,73 @@ def test_scan_html_tables_sort_in_the_browser(cluster, workloads, tmp_path):
     pods = [int(p.replace(",", "")) for p in attr("data-pods-up")]
     assert pods == sorted(pods) and len(set(pods)) > 1
     assert attr("data-pods-sort") == ["ascending"]
+
+
+# ---- -o policyreport: the real CRDs, the real apiserver's schema validation ----------------
+
+
+def _results(doc: dict[str, Any]) -> dict[tuple[str, str], str]:
+    return {(r["resources"][0]["name"], r["rule"]): r["result"] for r in doc["results"]}
+
+
+def test_scan_policyreports_are_accepted_by_the_apiserver(
+    cluster, kubectl, workloads, policyreport_crds
+):
+    apps, batch = workloads
+    base = ["scan", "--kubeconfig", str(cluster), "--policy", str(POLICY), "-n", f"{apps},{batch}"]
+    out = streamgate(*base, "-o", "policyreport", "-q")
+    applied = kubectl("apply", "-f", "-", stdin=out.stdout)  # kubectl validates strictly
+    assert f"policyreport.wgpolicyk8s.io/streamgate-{apps} created" in applied.stdout
+    table = kubectl("get", "policyreports", "-n", apps).stdout.splitlines()
+    assert table[0].split()[:7] == ["NAME", "KIND", "NAME", "PASS", "FAIL", "WARN", "ERROR"]
+    assert table[1].split()[0] == f"streamgate-{apps}"
+    stored = kubectl.json("get", "policyreport", f"streamgate-{apps}", "-n", apps)
+    # what the apiserver kept after pruning unknown fields is what streamgate wrote
+    (written, _) = [d for d in yaml.safe_load_all(out.stdout)]
+    assert stored["results"] == written["results"]
+    assert stored["summary"] == written["summary"]
+    assert stored["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "streamgate"}
+    got = _results(stored)
+    assert got[("legacy", "image-streamable")] == "fail"
+    assert got[("legacy", "pools-can-stream")] == "warn"
+    assert got[("web", "image-streamable")] == "pass"
+    assert got[("web", "pools-can-stream")] == "pass"
+    assert got[("armed", "pools-can-stream")] == "fail"
+    assert got[("agent", "image-streamable")] == "error"  # image not found in the registry
+    assert got[("nginx", "image-streamable")] == "skip"  # not from ACR
+    assert got[("skipme", "digest-pin")] == "skip"  # exempt
+    legacy = next(
+        r
+        for r in stored["results"]
+        if r["resources"][0]["name"] == "legacy" and r["rule"] == "image-streamable"
+    )
+    assert (
+        legacy["resources"][0]["uid"]
+        == kubectl.json("get", "deployment", "legacy", "-n", apps)["metadata"]["uid"]
+    )
+    batch_report = kubectl.json("get", "policyreport", f"streamgate-{batch}", "-n", batch)
+    assert _results(batch_report)[("nightly", "digest-pin")] == "warn"
+    # applied again: nothing changes but the timestamps
+    again = kubectl("apply", "-f", "-", stdin=streamgate(*base, "-o", "policyreport", "-q").stdout)
+    assert f"streamgate-{apps} " in again.stdout
+
+    orep = streamgate(*base, "-o", "openreports", "-q").stdout
+    applied = kubectl("apply", "-f", "-", stdin=orep)
+    assert f"report.openreports.io/streamgate-{batch} created" in applied.stdout
+    stored = kubectl.json("get", "reports.openreports.io", f"streamgate-{batch}", "-n", batch)
+    assert stored["source"] == "streamgate"
+    assert _results(stored) == _results(batch_report)
+
+
+def test_the_apiserver_refuses_a_report_outside_the_schema(kubectl, workloads, policyreport_crds):
+    """The check above can fail: the CRD's schema is enforced."""
+    apps, _ = workloads
+    bad = {
+        "apiVersion": "wgpolicyk8s.io/v1alpha2",
+        "kind": "PolicyReport",
+        "metadata": {"name": "bad", "namespace": apps},
+        "results": [{"policy": "p", "result": "maybe"}],
+    }
+    out = kubectl("apply", "-f", "-", stdin=json.dumps(bad), check=False)
+    assert out.returncode != 0
+    assert 'Unsupported value: "maybe"' in out.stderr

@@ -158,6 +158,7 @@ MODES = {
         "prometheusRule": {"enabled": True, "labels": {"release": "kps"}},
         "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "Admission"}},
         "events": {"enabled": True, "intervalSeconds": 600},
+        "reports": {"enabled": True, "api": "openreports.io"},
         "workloadIdentity": {"clientId": "00000000-0000-0000-0000-000000000001"},
         "podAntiAffinity": {"type": "hard"},
         "webhook": {"failurePolicy": "Fail", "timeoutSeconds": 10},
@@ -560,6 +561,50 @@ def test_events_off_by_default_and_on_with_their_rbac_rule(default):
     assert {w["sideEffects"] for _, w in webhooks(docs)} == {"NoneOnDryRun"}
 
 
+def test_reports_off_by_default_and_on_with_their_rbac_and_lease(default):
+    args = _parse_serve_args(default)
+    assert args.reports is False
+    assert ("Role", f"{FULLNAME}-reporter") not in {
+        (d["kind"], d["metadata"]["name"]) for d in default
+    }
+    docs = render({"reports": {"enabled": True, "resyncSeconds": 60, "writesPerSecond": 2}})
+    args = _parse_serve_args(docs)
+    assert args.reports is True and args.kubeconfig == "in-cluster"
+    assert (args.reports_api, args.lease_name) == ("policyreport", f"{FULLNAME}-reporter")
+    assert args.lease_namespace == "$(POD_NAMESPACE)"  # the pod's env, set by the kubelet
+    assert (args.resync, args.writes_per_second, args.lease_seconds) == (60.0, 2.0, 15)
+    rules = _rules(one(docs, "ClusterRole"))
+    added = sorted(set(rules) - set(_rules(one(default, "ClusterRole"))))
+    watch = ("list", "watch")
+    assert added == sorted(
+        [
+            ("", "pods", watch, ()),
+            ("", "replicationcontrollers", watch, ()),
+            *[
+                ("apps", r, watch, ())
+                for r in ("deployments", "statefulsets", "daemonsets", "replicasets")
+            ],
+            ("batch", "jobs", watch, ()),
+            ("batch", "cronjobs", watch, ()),
+            ("wgpolicyk8s.io", "policyreports", ("create", "delete", "get", "list", "update"), ()),
+        ]
+    )
+    assert _rules(one(docs, "Role", f"{FULLNAME}-reporter")) == sorted(
+        [
+            ("coordination.k8s.io", "leases", ("create",), ()),
+            ("coordination.k8s.io", "leases", ("get", "update"), (f"{FULLNAME}-reporter",)),
+        ]
+    )
+    binding = one(docs, "RoleBinding", f"{FULLNAME}-reporter")
+    assert binding["roleRef"]["name"] == f"{FULLNAME}-reporter"
+    assert any(e["name"] == "POD_NAME" for e in container(docs)["env"])  # the Lease identity
+    docs = render({"reports": {"enabled": True, "api": "openreports.io"}})
+    assert _parse_serve_args(docs).reports_api == "openreports"
+    assert ("openreports.io", "reports", ("create", "delete", "get", "list", "update"), ()) in (
+        _rules(one(docs, "ClusterRole"))
+    )
+
+
 def test_ca_bundle_only_policy_with_self_managed_certificates_on_1_30_and_later():
     docs = render({}, "--kube-version", "1.34.0")
     policy = one(docs, "ValidatingAdmissionPolicy")
@@ -714,6 +759,9 @@ BAD = {
     "privileged-port": ({"containerPort": 443}, "/containerPort"),
     "http-h2": ({"server": {"http": "h2"}}, "/server/http"),
     "loop-trio": ({"server": {"loop": "trio"}}, "/server/loop"),
+    "reports-api": ({"reports": {"enabled": True, "api": "kyverno.io"}}, "/reports/api"),
+    "reports-lease-2": ({"reports": {"leaseSeconds": 2}}, "/reports/leaseSeconds"),
+    "reports-writes-0": ({"reports": {"writesPerSecond": 0}}, "/reports/writesPerSecond"),
 }
 
 

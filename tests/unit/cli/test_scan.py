@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import pytest
+import yaml
 
 from app.cli.main import EXIT_OK, EXIT_USAGE, main
 from app.cli.scan import (
@@ -25,6 +26,8 @@ from app.cli.scan import (
     scan_registry_config,
     to_json,
     to_markdown,
+    to_openreports,
+    to_policyreport,
     to_table,
 )
 from app.core.images import ImageRef, parse_image
@@ -505,3 +508,59 @@ class _Closing:
 def test_modes_come_from_namespace_labels() -> None:
     modes = StaticModes({"batch": Mode.ENFORCE})
     assert modes.mode("batch") is Mode.ENFORCE and modes.mode("shop") is None
+
+
+async def test_policyreport_output_has_each_namespaces_results() -> None:
+    report = await run_scan(cluster())
+    docs = list(yaml.safe_load_all(to_policyreport(report)))
+    assert [(d["kind"], d["metadata"]["name"]) for d in docs] == [
+        ("PolicyReport", "streamgate-batch"),
+        ("PolicyReport", "streamgate-kube-system"),
+        ("PolicyReport", "streamgate-lab"),
+        ("PolicyReport", "streamgate-shop"),
+    ]
+    shop = docs[-1]
+    results = {
+        (r["resources"][0]["kind"], r["resources"][0]["name"], r["rule"]): r
+        for r in shop["results"]
+    }
+    assert len(results) == len(shop["results"]) == 6 * 4  # six workloads in shop, 4 rules
+    legacy = results[("Deployment", "legacy", "image-streamable")]
+    assert legacy["result"] == "fail"
+    assert legacy["message"].startswith("c0: myreg.azurecr.io/plain:v1 has no streaming artifact")
+    assert legacy["properties"]["fix"] == (
+        "az acr artifact-streaming create -n myreg --image plain:v1"
+    )
+    assert results[("Deployment", "legacy", "pools-can-stream")]["result"] == "warn"
+    assert results[("Deployment", "web", "image-streamable")]["result"] == "pass"
+    assert results[("DaemonSet", "broken", "digest-pin")]["result"] == "error"
+    assert results[("Pod", "debug", "image-streamable")]["result"] == "skip"
+    lab = docs[2]
+    assert {r["result"] for r in lab["results"]} == {"skip"}  # mode off
+    batch = {(r["resources"][0]["name"], r["rule"]): r["result"] for r in docs[0]["results"]}
+    assert batch[("migrate", "image-streamable")] == "error"  # the registry was down
+    assert batch[("nightly", "digest-pin")] == "warn"
+    orep = list(yaml.safe_load_all(to_openreports(report)))
+    assert [d["kind"] for d in orep] == ["Report"] * 4
+    assert orep[-1]["results"] == shop["results"]
+
+
+def test_command_writes_policyreports_for_kubectl(monkeypatch, capsys) -> None:
+    reader = cluster()
+    reader.forbidden.add("CronJob")
+    monkeypatch.setattr("app.cli.main.kube_api", lambda kubeconfig, context=None: object())
+    monkeypatch.setattr("app.cli.main.KubeReader", lambda api: reader)
+    monkeypatch.setattr(
+        "app.cli.main.RegistryVerdictSource",
+        lambda config, acr_hosts, aad_hosts: _Closing(answers()),
+    )
+    assert main(["scan", "-n", "shop", "-o", "policyreport", "-q"]) == EXIT_OK
+    out = capsys.readouterr()
+    assert out.out.startswith("---\napiVersion: wgpolicyk8s.io/v1alpha2\nkind: PolicyReport\n")
+    assert [d["metadata"]["name"] for d in yaml.safe_load_all(out.out)] == ["streamgate-shop"]
+    assert "streamgate scan: note: CronJob not listed in shop: HTTP 403 Forbidden" in out.err
+    reader.add_ns("empty")
+    assert main(["scan", "-n", "empty", "-o", "openreports", "-q"]) == EXIT_OK
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err.endswith("\nstreamgate scan: no workloads found: no reports to write\n")

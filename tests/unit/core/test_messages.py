@@ -154,3 +154,43 @@ def test_conversion_helps_only_when_running_the_command_would():
     assert not conversion_helps("no streaming artifact yet; conversion running (40%)")
     assert not conversion_helps("no streaming artifact yet; conversion queued")
     assert not conversion_helps("streaming conversion failed (X): only linux/amd64 images convert")
+
+
+def test_fix_of_finds_the_fix_of_every_message_that_has_one():
+    from app.core.messages import (
+        digest_pinned,
+        fix_command,
+        fix_of,
+        no_pool,
+        no_streaming_pools,
+        not_acr,
+        not_streamable,
+        pools_cannot_stream,
+        pools_may_not_stream,
+        pull_secrets,
+        unknown,
+    )
+
+    ref = parse_image("myreg.azurecr.io/app/web:1.2")
+    pinned = parse_image("myreg.azurecr.io/app/web:1.2@sha256:" + "a" * 64)
+    arm = PoolFit("arm", Streaming.NO, ("arm64",))
+    ok = PoolFit("ok", Streaming.YES)
+    assert fix_of(not_streamable("web", ref, "")) == fix_command(ref)
+    assert fix_of(not_streamable("web", ref, "conversion canceled")) == fix_command(ref)
+    assert fix_of(not_streamable("web", ref, "conversion running")) is None
+    assert fix_of(unknown("web", ref, "timed out", denied=False)) == (
+        "streamgate explain myreg.azurecr.io/app/web:1.2"
+    )
+    assert fix_of(digest_pinned("web", pinned)) == "pull it by tag (app/web:1.2)"
+    assert fix_of(pull_secrets()).startswith("use the kubelet identity (az aks update ")
+    assert fix_of(pools_may_not_stream([arm], ("kubernetes.azure.com/agentpool", "ok"))) == (
+        'add nodeSelector kubernetes.azure.com/agentpool: "ok"'
+    )
+    assert fix_of(pools_may_not_stream([arm], None, [ok])).startswith("add a nodeSelector")
+    assert fix_of(pools_cannot_stream([arm])) == "target a streaming pool"
+    assert fix_of(no_streaming_pools([PoolFit("np", Streaming.UNKNOWN)])) == (
+        "az aks nodepool update -g <resource-group> --cluster-name <cluster> -n np "
+        "--enable-artifact-streaming"
+    )
+    assert fix_of(not_acr("web", parse_image("nginx:1"))) is None
+    assert fix_of(no_pool()) is None
