@@ -51,6 +51,12 @@ mkdir -p .demo
 "$BIN/streamgate" scan --kubeconfig "$KUBECONFIG" --policy examples/policy.yaml -q -o html > .demo/report.html
 "$BIN/streamgate" scan --kubeconfig "$KUBECONFIG" --policy examples/policy.yaml -q | sed -n '/^Totals:/,$p'
 
+step "Policy reports, as Policy Reporter reads them (streamgate scan -o policyreport | kubectl apply -f -)"
+kubectl apply --server-side --force-conflicts -f "$(hack/policyreport-crds.sh)" >/dev/null
+kubectl wait --for=condition=Established crd/policyreports.wgpolicyk8s.io >/dev/null
+"$BIN/streamgate" scan --kubeconfig "$KUBECONFIG" --policy examples/policy.yaml -q -o policyreport | kubectl apply -f - >/dev/null
+kubectl get policyreports -A
+
 step "Done: ${denied} example(s) denied, the rest admitted with the warnings above"
 cat <<TXT
 Point kubectl at the cluster:   export KUBECONFIG=$KUBECONFIG
@@ -58,4 +64,5 @@ streamgate's decision log:      hack/webhook.sh logs
 Judge manifests offline (CI):   .venv/bin/streamgate check -f examples/ --policy examples/policy.yaml
 Tear it all down:               make demo-down
 HTML readiness report:          file://$ROOT/.demo/report.html
+Policy reports:                 kubectl get policyreports -A -o yaml
 TXT
