@@ -375,6 +375,9 @@ WHEN = {
     "app.certs.keeper": "self-managed",  # --manage-certs
     "app.telemetry.events": "events",  # --events
     "app.telemetry.event_checks": "events",
+    "app.cluster.workloads": "reports",  # --reports (reports.enabled)
+    "app.cluster.policyreports": "reports",
+    "app.cluster.lease": "reports",
 }
 _VERBS = {
     "list": "list",
@@ -458,16 +461,31 @@ def code_rules() -> dict[str, set[tuple[str, str, str]]]:
         }
         rules: set[tuple[str, str, str]] = set()
         for node in ast.walk(tree):
-            if not isinstance(node, ast.Attribute) or node.attr.split("_", 1)[0] not in _VERBS:
+            if not isinstance(node, ast.Attribute):
+                continue
+            custom = node.attr.endswith("_custom_object")  # CustomObjectsApi reads with get_
+            if node.attr.split("_", 1)[0] not in _VERBS and not custom:
                 continue
             owners = [apis[a] for a in made if hasattr(apis[a], node.attr)]
             if not owners:
                 continue
             assert len(owners) == 1, (module, node.attr, owners)
+            if owners[0] is k8s.CustomObjectsApi:
+                # group and plural are arguments: the reports' (the chart's default API)
+                assert module == "app.cluster.policyreports", (module, node.attr)
+                verb = {**_VERBS, "get": "get"}[node.attr.split("_", 1)[0]]
+                rules.add(("wgpolicyk8s.io", "policyreports", verb))
+                continue
             group, resource, verb = _rule_of(owners[0], node.attr)
             rules.add((group, resource, verb))
             if node.attr in watched:
                 rules.add((group, resource, "watch"))
+        if module == "app.cluster.workloads":
+            # every kind it lists, a Reflector then watches (the list functions are in a table)
+            assert "Reflector(" in path.read_text()
+            rules |= {
+                (group, resource, "watch") for group, resource, verb in rules if verb == "list"
+            }
         if module == "app.telemetry.event_checks":
             # metadata-only GETs by path (no typed client method): the kinds in its table
             from app.telemetry.event_checks import RESOURCES
@@ -506,6 +524,10 @@ CHART_MODES = {
             "events": {"enabled": True},
         },
         ("always", "events"),
+    ),
+    "self-managed + reports": (
+        {"reports": {"enabled": True}},
+        ("always", "self-managed", "reports"),
     ),
 }
 
