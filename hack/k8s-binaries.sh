@@ -6,6 +6,7 @@
 #   etcd                                                      (go.etcd.io/etcd/server/v3)
 #   kwok                                                      (sigs.k8s.io/kwok/cmd/kwok)
 #   helm                                                      (helm.sh/helm/v3/cmd/helm)
+#   helm4                                                     (helm.sh/helm/v4/cmd/helm, renamed)
 #
 # Everything is built from Go modules with the local Go toolchain (no Docker,
 # no release downloads). A binary of the pinned version already in the cache is
@@ -29,6 +30,7 @@ K8S_VERSION="v1.34.4"   # k8s.io/kubernetes; staging modules are k8s.io/*@v0.34.
 ETCD_VERSION="v3.6.16"  # go.etcd.io/etcd/server/v3
 KWOK_VERSION="v0.7.0"   # sigs.k8s.io/kwok (client libraries 0.33, within skew of 1.34)
 HELM_VERSION="v3.19.5"  # helm.sh/helm/v3 (client libraries 0.34, same minor as the cluster)
+HELM4_VERSION="v4.3.2"  # helm.sh/helm/v4: the chart is tested with both majors
 
 K8S_MINOR="$(echo "${K8S_VERSION#v}" | cut -d. -f2)"      # 34
 STAGING_VERSION="v0.${K8S_VERSION#v1.}"                    # v0.34.4
@@ -68,7 +70,7 @@ version_of() {
     kube-apiserver|kube-controller-manager|kube-scheduler) k8s_version_of "$2" ;;
     etcd) etcd_version_of "$2" ;;
     kwok) kwok_version_of "$2" ;;
-    helm) helm_version_of "$2" ;;
+    helm|helm4) helm_version_of "$2" ;;
   esac
 }
 
@@ -79,6 +81,7 @@ exact_ok() {
     etcd) [[ "$2" == "${ETCD_VERSION#v}" ]] ;;
     kwok) [[ "$2" == "$KWOK_VERSION" ]] ;;
     helm) [[ "$2" == "$HELM_VERSION" ]] ;;
+    helm4) [[ "$2" == "$HELM4_VERSION" ]] ;;
   esac
 }
 
@@ -89,6 +92,7 @@ acceptable() {
     etcd) [[ "$2" == "$ETCD_MINOR".* ]] ;;
     kwok) [[ "$2" == v"$KWOK_MINOR".* ]] ;;
     helm) [[ "$2" =~ ^v3\.(1[4-9]|[2-9][0-9])\. ]] ;;
+    helm4) [[ "$2" =~ ^v4\. ]] ;;
   esac
 }
 
@@ -234,6 +238,19 @@ build_helm() {
   rmdir "$tmp"
 }
 
+build_helm4() {
+  local tmp lf
+  say "building helm $HELM4_VERSION as helm4 (first build takes ~2-3 minutes)..."
+  tmp="$(mktemp -d "$BIN/.build.XXXXXX")"
+  # Helm 4's Makefile sets only version variables (it reads the Kubernetes version from its
+  # client libraries).
+  lf="-s -w -X helm.sh/helm/v4/internal/version.version=$HELM4_VERSION -X helm.sh/helm/v4/internal/version.gitTreeState=clean"
+  run_logged helm4 env GOBIN="$tmp" go install -trimpath -ldflags "$lf" "helm.sh/helm/v4/cmd/helm@$HELM4_VERSION"
+  mv -f "$tmp/helm" "$tmp/helm4"
+  install_from "$tmp" helm4
+  rmdir "$tmp"
+}
+
 # ---- main -------------------------------------------------------------------
 command -v go >/dev/null || die "go is not installed (need Go >= 1.26 to build the binaries)"
 mkdir -p "$BIN" "$SRC" "$LOGS"
@@ -259,11 +276,12 @@ ensure build_k8s kube-apiserver kube-controller-manager kube-scheduler
 ensure build_etcd etcd
 ensure build_kwok kwok
 ensure build_helm helm
+ensure build_helm4 helm4
 
 rm -rf "$BIN"/.build.* 2>/dev/null || true
 
 if [[ $PRINT_VERSIONS == 1 ]]; then
-  for n in kube-apiserver kube-controller-manager kube-scheduler etcd kwok helm; do
+  for n in kube-apiserver kube-controller-manager kube-scheduler etcd kwok helm helm4; do
     printf '%-24s %s\n' "$n" "$(version_of "$n" "$BIN/$n")"
   done
 fi
