@@ -44,10 +44,10 @@ from app.core.pools import UNKNOWN_PLACEMENT, Placement, PlacementSource, PoolFi
 from app.core.registries import RegistryConfig
 from app.core.reports import OPENREPORTS, WGPOLICY, RuleResult, Subject, reports, workload_results
 from app.core.verdicts import ImageVerdict, Verdict, VerdictSource
-from app.core.workloads import JUDGED_OWNERS, KINDS, WorkloadError, workload
+from app.core.workloads import GROUPS, JUDGED_OWNERS, KIND_ORDER, WorkloadError, workload
 from app.registry.errors import CircuitOpen, RateLimited
 from app.webhook.admission import Admission
-from app.webhook.review import AdmissionRequest
+from app.webhook.review import AdmissionRequest, judging_request
 
 logger = logging.getLogger(__name__)
 
@@ -58,18 +58,6 @@ RATE_LIMIT_ATTEMPTS = 3
 MAX_RATE_LIMIT_WAIT = 60.0
 PAGE_SIZE = 500
 
-# Listed kinds in report order: controllers first, then what may stand alone.
-ORDER = (
-    "Deployment",
-    "StatefulSet",
-    "DaemonSet",
-    "CronJob",
-    "Job",
-    "ReplicaSet",
-    "ReplicationController",
-    "Pod",
-)
-GROUPS = {kind: group for group, kind in KINDS}
 
 STATUSES = ("streamable", "not-streamable", "unknown", "not-acr", "skipped", "error")
 
@@ -85,7 +73,7 @@ class ClusterReader(Protocol):
     """Raw API objects (dicts as the API sends them). `KubeReader` in production."""
 
     def objects(self, kind: str, namespace: str | None) -> list[dict[str, Any]]:
-        """Every object of `kind` (one of ORDER) in `namespace`, or everywhere when None."""
+        """Every object of `kind` (one of KIND_ORDER) in `namespace`, or everywhere when None."""
         ...
 
     def namespace(self, name: str) -> dict[str, Any] | None:
@@ -309,8 +297,8 @@ def read_cluster(
     objects: list[ClusterObject] = []
     covered: Counter[str] = Counter()
     scopes: list[str | None] = list(namespaces) or [None]
-    for index, kind in enumerate(ORDER):
-        progress.update("listing", index, len(ORDER), kind)
+    for index, kind in enumerate(KIND_ORDER):
+        progress.update("listing", index, len(KIND_ORDER), kind)
         for scope in scopes:
             try:
                 items = reader.objects(kind, scope)
@@ -324,7 +312,7 @@ def read_cluster(
                     covered[kind] += 1
                     continue
                 objects.append(found_obj)
-    progress.update("listing", len(ORDER), len(ORDER), "")
+    progress.update("listing", len(KIND_ORDER), len(KIND_ORDER), "")
     return Snapshot(
         objects=tuple(objects),
         modes=modes,
@@ -660,19 +648,8 @@ class Report:
 
 
 def _request(obj: ClusterObject) -> AdmissionRequest:
-    return AdmissionRequest(
-        api_version="admission.k8s.io/v1",
-        uid=f"scan/{obj.namespace}/{obj.kind}/{obj.name}",
-        group=GROUPS[obj.kind],
-        kind=obj.kind,
-        sub_resource="",
-        operation="CREATE",
-        namespace=obj.namespace,
-        name=obj.name,
-        obj=obj.obj,
-        old_obj=None,
-        dry_run=True,
-        user="streamgate-scan",
+    return judging_request(
+        obj.kind, obj.namespace, obj.name, obj.obj, source="scan", user="streamgate-scan"
     )
 
 
@@ -743,7 +720,7 @@ async def scan(
             )
         )
     progress.update("judging workloads", total, total)
-    order = {kind: i for i, kind in enumerate(ORDER)}
+    order = {kind: i for i, kind in enumerate(KIND_ORDER)}
     rows.sort(key=lambda r: (r.namespace, order.get(r.kind, 99), r.name))
     return Report(
         rows=tuple(rows),

@@ -26,7 +26,7 @@ from typing import Any
 
 from kubernetes import client, config
 
-from app.cluster.reflector import Reflector, ReflectorSettings
+from app.cluster.reflector import Reflector, ReflectorSettings, start_threads, stop_threads
 from app.core.nodes.model import (
     EMPTY_INVENTORY,
     Inventory,
@@ -181,25 +181,12 @@ class NodeWatcher:
     # ---- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._threads:
-            return
-        for reflector in self._reflectors:
-            thread = threading.Thread(
-                target=reflector.run, name=f"streamgate-watch-{reflector.kind}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
+        if not self._threads:
+            self._threads = start_threads(self._reflectors)
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stops the watches; returns within about `timeout` seconds."""
-        self._stop.set()
-        for reflector in self._reflectors:
-            reflector.interrupt()
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-            if thread.is_alive():
-                logger.warning("%s did not stop within %.1fs", thread.name, timeout)
+        stop_threads(self._stop, self._reflectors, self._threads, timeout)
 
     def wait_ready(self, timeout: float) -> bool:
         """Blocks until `ready` or `timeout` seconds (for start-up scripts and tests)."""

@@ -29,7 +29,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -258,3 +258,32 @@ def _shut_down(response: Any) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):  # already closed
             sock.shutdown(socket.SHUT_RDWR)
+
+
+def start_threads(reflectors: Iterable[Reflector]) -> list[threading.Thread]:
+    """One daemon thread per reflector (named after its kind), started."""
+    threads = []
+    for reflector in reflectors:
+        thread = threading.Thread(
+            target=reflector.run, name=f"streamgate-watch-{reflector.kind}", daemon=True
+        )
+        thread.start()
+        threads.append(thread)
+    return threads
+
+
+def stop_threads(
+    stop: threading.Event,
+    reflectors: Iterable[Reflector],
+    threads: Iterable[threading.Thread],
+    timeout: float,
+) -> None:
+    """Stops the reflectors sharing `stop` and joins their threads within about `timeout`."""
+    stop.set()
+    for reflector in reflectors:
+        reflector.interrupt()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            logger.warning("%s did not stop within %.1fs", thread.name, timeout)

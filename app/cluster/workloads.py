@@ -17,27 +17,24 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client
 
-from app.cluster.reflector import Reflector, ReflectorSettings
+from app.cluster.reflector import Reflector, ReflectorSettings, start_threads, stop_threads
 from app.core.policy import EXEMPT_ANNOTATION
 from app.core.workloads import (
     CONTAINER_FIELDS,
+    GROUPS,
     JUDGED_OWNERS,
-    KINDS,
     SCHEDULING_FIELDS,
     WorkloadError,
     workload,
 )
 
 logger = logging.getLogger(__name__)
-
-GROUPS = {kind: group for group, kind in KINDS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,22 +245,11 @@ class WorkloadWatcher:
         ]
 
     def start(self) -> None:
-        if self._threads:
-            return
-        for reflector in self._reflectors:
-            thread = threading.Thread(
-                target=reflector.run, name=f"streamgate-watch-{reflector.kind}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
+        if not self._threads:
+            self._threads = start_threads(self._reflectors)
 
     def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        for reflector in self._reflectors:
-            reflector.interrupt()
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        stop_threads(self._stop, self._reflectors, self._threads, timeout)
 
     @property
     def ready(self) -> bool:

@@ -49,6 +49,7 @@ from app.core import messages
 from app.core.evaluate import ANNOTATION_POOLS, Decision
 from app.core.policy import Action, Policy
 from app.core.verdicts import Verdict
+from app.core.workloads import KIND_ORDER
 
 WGPOLICY = "wgpolicyk8s.io/v1alpha2"
 OPENREPORTS = "openreports.io/v1alpha1"
@@ -83,17 +84,6 @@ _GROUP = {
     "imagePullSecrets": PULL_SECRETS,
 }
 
-# The order a report lists kinds in: controllers first, as `streamgate scan` does.
-KIND_ORDER = (
-    "Deployment",
-    "StatefulSet",
-    "DaemonSet",
-    "CronJob",
-    "Job",
-    "ReplicaSet",
-    "ReplicationController",
-    "Pod",
-)
 API_VERSIONS = {
     "Deployment": "apps/v1",
     "StatefulSet": "apps/v1",

@@ -31,6 +31,22 @@ KINDS: dict[tuple[str, str], tuple[str, ...]] = {
     ("batch", "CronJob"): ("spec", "jobTemplate", "spec", "template", "spec"),
 }
 
+# A judged kind's API group, by kind.
+GROUPS = {kind: group for group, kind in KINDS}
+
+# The order reports and `streamgate scan` list kinds in: controllers first, then what may
+# stand alone.
+KIND_ORDER = (
+    "Deployment",
+    "StatefulSet",
+    "DaemonSet",
+    "CronJob",
+    "Job",
+    "ReplicaSet",
+    "ReplicationController",
+    "Pod",
+)
+
 # Controllers whose pods streamgate has already judged through the owner.
 JUDGED_OWNERS = frozenset(kind for _, kind in KINDS if kind != "Pod")
 

@@ -16,6 +16,7 @@ from app.registry.conversion import NEVER_REQUESTED, ConversionStatus, parse_con
 from app.registry.errors import BadResponse
 from app.registry.manifests import pull_scope
 from app.registry.transport import RegistryTransport
+from app.registry.wire import WireResponse
 
 CONVERSION_REQUEST = json.dumps(
     {"conversionFormat": "overlaybd", "conversionVersion": "v1"}, separators=(",", ":")
@@ -40,49 +41,65 @@ def _operation(doc: dict[str, object]) -> Operation:
     return Operation(op_id, parse_conversion(doc))
 
 
+async def _acr(
+    transport: RegistryTransport,
+    method: str,
+    path: str,
+    *,
+    scope: str,
+    endpoint: str,
+    failed: str,
+    ok: tuple[int, ...] = (200,),
+    body: bytes | None = None,
+) -> WireResponse:
+    """One `/acr/v1` call; any status outside `ok` is BadResponse("<failed> answered HTTP N")."""
+    response = await transport.request(method, path, scope=scope, endpoint=endpoint, json_body=body)
+    if response.status not in ok:
+        raise BadResponse(transport.registry, f"{failed} answered HTTP {response.status}")
+    return response
+
+
 async def start_conversion(transport: RegistryTransport, repository: str, digest: str) -> Operation:
-    response = await transport.request(
+    response = await _acr(
+        transport,
         "POST",
         f"/acr/v1/{repository}/_streaming/{digest}",
         scope=push_scope(repository),
         endpoint="conversion-start",
-        json_body=CONVERSION_REQUEST,
+        failed="starting a conversion",
+        ok=(200, 201, 202),
+        body=CONVERSION_REQUEST,
     )
-    if response.status not in (200, 201, 202):
-        raise BadResponse(
-            transport.registry, f"starting a conversion answered HTTP {response.status}"
-        )
     return _operation(response.json_object(registry=transport.registry, what="conversion"))
 
 
 async def last_operation(transport: RegistryTransport, repository: str, digest: str) -> Operation:
     """The last conversion of a digest, with its operation id (status NEVER_REQUESTED: none)."""
-    response = await transport.request(
+    response = await _acr(
+        transport,
         "GET",
         f"/acr/v1/{repository}/_streaming/{digest}",
         scope=pull_scope(repository),
         endpoint="conversion",
+        failed="conversion status",
+        ok=(200, 404),
     )
     if response.status == 404:
         return Operation(None, NEVER_REQUESTED)
-    if response.status != 200:
-        raise BadResponse(transport.registry, f"conversion status answered HTTP {response.status}")
     return _operation(response.json_object(registry=transport.registry, what="conversion status"))
 
 
 async def operation_status(
     transport: RegistryTransport, repository: str, operation_id: str
 ) -> ConversionStatus:
-    response = await transport.request(
+    response = await _acr(
+        transport,
         "GET",
         f"/acr/v1/{repository}/_operations/{operation_id}",
         scope=pull_scope(repository),
         endpoint="conversion-operation",
+        failed="conversion operation",
     )
-    if response.status != 200:
-        raise BadResponse(
-            transport.registry, f"conversion operation answered HTTP {response.status}"
-        )
     return parse_conversion(
         response.json_object(registry=transport.registry, what="conversion operation")
     )
@@ -108,34 +125,29 @@ def _convert_pushed(doc: dict[str, object], registry: str) -> bool:
 
 async def auto_conversion(transport: RegistryTransport, repository: str) -> bool:
     """Whether ACR converts the images pushed to this repository."""
-    response = await transport.request(
+    response = await _acr(
+        transport,
         "GET",
         f"/acr/v1/{repository}/_streaming",
         scope=pull_scope(repository),
         endpoint="auto-conversion",
+        failed="the repository's streaming settings",
     )
-    if response.status != 200:
-        raise BadResponse(
-            transport.registry,
-            f"the repository's streaming settings answered HTTP {response.status}",
-        )
     doc = response.json_object(registry=transport.registry, what="streaming settings")
     return _convert_pushed(doc, transport.registry)
 
 
 async def enable_auto_conversion(transport: RegistryTransport, repository: str) -> bool:
     """Turn on the conversion of pushed images; the setting ACR answers (True when on)."""
-    response = await transport.request(
+    response = await _acr(
+        transport,
         "POST",
         f"/acr/v1/{repository}/_streaming",
         scope=push_scope(repository),
         endpoint="auto-conversion-set",
-        json_body=AUTO_CONVERSION_ON,
+        failed="setting the repository's auto-conversion",
+        ok=(200, 201, 202),
+        body=AUTO_CONVERSION_ON,
     )
-    if response.status not in (200, 201, 202):
-        raise BadResponse(
-            transport.registry,
-            f"setting the repository's auto-conversion answered HTTP {response.status}",
-        )
     doc = response.json_object(registry=transport.registry, what="streaming settings")
     return _convert_pushed(doc, transport.registry)

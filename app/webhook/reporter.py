@@ -30,14 +30,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from app.cluster.workloads import GROUPS, Stored, WorkloadStore
+from app.cluster.workloads import Stored, WorkloadStore
 from app.core.images import ImageRef
 from app.core.plan import plan
 from app.core.policy import Policy
 from app.core.reports import RuleResult, Subject, namespace_reports, workload_results
-from app.core.workloads import WorkloadError, workload
+from app.core.workloads import GROUPS, WorkloadError, workload
 from app.webhook.admission import Admission
-from app.webhook.review import AdmissionRequest
+from app.webhook.review import AdmissionRequest, judging_request
 
 logger = logging.getLogger(__name__)
 
@@ -89,19 +89,8 @@ class ReporterState:
 
 
 def _request(stored: Stored) -> AdmissionRequest:
-    return AdmissionRequest(
-        api_version="admission.k8s.io/v1",
-        uid=f"report/{stored.namespace}/{stored.kind}/{stored.name}",
-        group=GROUPS[stored.kind],
-        kind=stored.kind,
-        sub_resource="",
-        operation="CREATE",
-        namespace=stored.namespace,
-        name=stored.name,
-        obj=stored.obj,
-        old_obj=None,
-        dry_run=True,
-        user=REPORTER_USER,
+    return judging_request(
+        stored.kind, stored.namespace, stored.name, stored.obj, source="report", user=REPORTER_USER
     )
 
 

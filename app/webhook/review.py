@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from app.core.workloads import GROUPS
 from app.webhook import reviewfields
 
 SUPPORTED_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
@@ -44,6 +45,27 @@ class AdmissionRequest:
     old_obj: Mapping[str, Any] | None
     dry_run: bool
     user: str
+
+
+def judging_request(
+    kind: str, namespace: str, name: str, obj: Mapping[str, Any], *, source: str, user: str
+) -> AdmissionRequest:
+    """The dry-run CREATE that judges a stored object as if it were applied now (`scan`, the
+    reporter): uid `<source>/<namespace>/<kind>/<name>`."""
+    return AdmissionRequest(
+        api_version="admission.k8s.io/v1",
+        uid=f"{source}/{namespace}/{kind}/{name}",
+        group=GROUPS[kind],
+        kind=kind,
+        sub_resource="",
+        operation="CREATE",
+        namespace=namespace,
+        name=name,
+        obj=obj,
+        old_obj=None,
+        dry_run=True,
+        user=user,
+    )
 
 
 _MISSING: Any = object()

@@ -15,7 +15,6 @@ import yaml
 
 from app.cli.main import EXIT_OK, EXIT_USAGE, main
 from app.cli.scan import (
-    ORDER,
     Progress,
     Report,
     ScanError,
@@ -33,6 +32,7 @@ from app.cli.scan import (
 from app.core.images import ImageRef, parse_image
 from app.core.policy import Mode, parse_policy
 from app.core.verdicts import ImageVerdict, Verdict
+from app.core.workloads import KIND_ORDER
 from app.webhook.serve import ServeSettings, build_admission
 from tests.memory import MemoryVerdicts
 
@@ -90,7 +90,7 @@ def templated(name: str, ns: str, *images: str, owner: str | None = None, **extr
 
 class FakeReader:
     def __init__(self) -> None:
-        self.items: dict[str, list[dict[str, Any]]] = {kind: [] for kind in ORDER}
+        self.items: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KIND_ORDER}
         self.ns: dict[str, dict[str, Any]] = {}
         self.node_list = [node("streamy"), node("arm", "arm64")]
         self.forbidden: set[str] = set()
