@@ -15,6 +15,7 @@
 #                             webhook (test runs sharing one cluster keep to their own)
 #   STREAMGATE_HELM_SET       more chart values, space-separated key=value (helm --set), e.g.
 #                             policy.namespaceLabel.allowRelax=true to match the policy file
+#   STREAMGATE_SERVE_ARGS     more `streamgate serve` flags, space-separated (e.g. --events)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,6 +28,7 @@ FAILURE_POLICY="${STREAMGATE_FAILURE_POLICY:-Ignore}"
 RELEASE="${STREAMGATE_RELEASE:-streamgate}"
 ONLY_LABEL="${STREAMGATE_ONLY_LABEL:-}"
 HELM_SET="${STREAMGATE_HELM_SET:-}"
+read -r -a SERVE_ARGS <<< "${STREAMGATE_SERVE_ARGS:-}"
 NAMESPACE=streamgate-system
 BIN="$ROOT/.venv/bin"
 PIDFILE="$DIR/streamgate.pid"
@@ -69,7 +71,8 @@ cmd_up() {
     setsid "$BIN/streamgate" serve --host 127.0.0.1 --port "$PORT" \
       --cert "$DIR/certs/tls.crt" --key "$DIR/certs/tls.key" \
       --metrics-port "$METRICS_PORT" --policy-reload-interval 1 \
-      --policy "$DIR/policy.yaml" --kubeconfig "$kc" >"$LOG" 2>&1 < /dev/null &
+      --policy "$DIR/policy.yaml" --kubeconfig "$kc" ${SERVE_ARGS[@]+"${SERVE_ARGS[@]}"} \
+      >"$LOG" 2>&1 < /dev/null &
     echo $! > "$PIDFILE"
     local i
     for i in $(seq 1 150); do

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from app.core.images import canonical_registry, is_acr_host
 from app.core.nodes.rules import PoolRulesConfig
 from app.core.registries import RegistryConfig
+from app.core.remediation import Remediation
 
 MODE_LABEL = "streamgate.io/mode"
 EXEMPT_ANNOTATION = "streamgate.io/exempt"
@@ -147,6 +148,9 @@ class Policy(_Strict):
     pools: PoolRulesConfig = PoolRulesConfig()
     # How registries are reached: deadline, caches, auth per registry (docs/registry.md).
     registry: RegistryConfig = RegistryConfig()
+    # Opt-in: admissions start the conversions of ACR images that can't stream yet
+    # (docs/remediation.md); `remediation: convert`, or a mapping with limits and namespaces.
+    remediation: Remediation = Remediation()
 
     @field_validator("acr_registry_names")
     @classmethod
@@ -187,6 +191,13 @@ class Policy(_Strict):
         if any(host == p for p in self.acr_registries if not _GLOB.search(p)):
             return True
         return host in self.registry.registries
+
+    def may_convert(self, registry: str) -> bool:
+        """Whether remediation may ask `registry` to convert: ACR, reached with credentials
+        (ACR's own domains, or a registry the admin named exactly: never one matched only by
+        a pattern, whose owner could be anyone), and allowed by `remediation.registries`."""
+        named = is_acr_host(registry) or self.names_registry(registry)
+        return named and self.is_acr(registry) and self.remediation.registry_allowed(registry)
 
     def may_get_aad(self, registry: str) -> bool:
         """True when `auth: auto` may send the cluster's Azure AD token to `registry`: one of

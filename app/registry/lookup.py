@@ -247,6 +247,28 @@ class Lookup:
             logger.info("conversion status of %s/%s@%s: %s", transport.registry, repo, digest, err)
             return STATUS_UNKNOWN
 
+    def learn_conversion(
+        self, registry: str, repo: str, digest: str, status: ConversionStatus
+    ) -> None:
+        """What a conversion this process follows says now (the next verdict shows it)."""
+        ttl = self._config.cache.missing_ttl_seconds
+        self.conversions.put((registry.lower(), repo, digest), status, ttl)
+
+    def forget_missing(self, registry: str, repo: str, digest: str) -> None:
+        """Drop "no streaming artifact" for `digest` (and the platform manifest it points
+        to) and its conversion record: a conversion has finished, the next look-up searches
+        the referrers again instead of trusting the negative answer until it expires."""
+        registry = registry.lower()
+        manifest = self.manifests.get((registry, repo, digest), allow_stale=True)
+        subjects = [digest]
+        if manifest is not None and manifest.platform_digest is not None:
+            subjects.append(manifest.platform_digest)
+        for subject in subjects:
+            search = self.artifacts.get((registry, repo, subject), allow_stale=True)
+            if search is None or search.artifact is None:
+                self.artifacts.invalidate((registry, repo, subject))
+        self.conversions.invalidate((registry, repo, digest))
+
     async def aclose(self) -> None:
         for cache in (self.tags, self.manifests, self.artifacts, self.conversions):
             await cache.aclose()

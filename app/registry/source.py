@@ -26,6 +26,7 @@ from app.core.images import ImageRef, is_acr_host
 from app.core.registries import RegistryConfig
 from app.core.verdicts import ImageVerdict
 from app.registry.cache import CacheStats, TtlCache
+from app.registry.conversion import ConversionStatus
 from app.registry.credentials import AadTokenProvider
 from app.registry.errors import RegistryError, RegistryTimeout
 from app.registry.lookup import Lookup, LookupResult
@@ -33,6 +34,7 @@ from app.registry.messages import FAILED, TIMED_OUT, unknown, verdict_for, verdi
 from app.registry.metrics import NULL_OBSERVER, RegistryObserver
 from app.registry.pool import ClientPool
 from app.registry.singleflight import SingleFlight
+from app.registry.transport import RegistryTransport
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +155,20 @@ class RegistryVerdictSource:
                 return await self._lookup.run(ref)
         except TimeoutError as err:
             raise RegistryTimeout(ref.registry, "look-up ran past background_seconds") from err
+
+    def transport(self, registry: str) -> RegistryTransport:
+        """The client of `registry` look-ups use (its credentials, limits and circuit)."""
+        return self._pool.transport(registry)
+
+    def learn_conversion(
+        self, registry: str, repository: str, digest: str, status: ConversionStatus
+    ) -> None:
+        """Record a followed conversion's state: verdicts of that digest show it at once."""
+        self._lookup.learn_conversion(registry, repository, digest, status)
+
+    def forget_missing(self, registry: str, repository: str, digest: str) -> None:
+        """A conversion of `digest` finished: look its referrers up again next time."""
+        self._lookup.forget_missing(registry, repository, digest)
 
     def cache_stats(self) -> dict[str, CacheStats]:
         return {c.name: c.stats for c in self._caches()}

@@ -167,6 +167,7 @@ class PendingEvent:
     message: str
     count: int
     awaiting: bool = False  # an allowed CREATE: the object may not be stored yet
+    type: str = "Warning"  # or "Normal" (a conversion that finished)
 
     @property
     def key(self) -> tuple[str, str, str, str, str]:
@@ -340,6 +341,25 @@ class EventRecorder:
             self.on_result("dropped")
             logger.warning("event queue full: dropped %s on %s", event.reason, key[:3])
 
+    def notify(self, involved: ObjectRef, reason: str, message: str, *, normal: bool) -> None:
+        """An Event that no admission decided (a conversion streamgate started has finished),
+        on an object an admission named; confirmed, rate-limited and sent like the others."""
+        if len(message) > MAX_MESSAGE:
+            message = message[: MAX_MESSAGE - 1] + "…"
+        event = PendingEvent(involved, reason, message, 1, type="Normal" if normal else "Warning")
+        now = self._clock()
+        due = self._due.get(event.key)
+        if due is not None and now - due.last < self.interval:
+            due.suppressed += 1
+            self.on_result("rate-limited")
+            return
+        self._due[event.key] = _Due(last=now)
+        try:
+            self._idle.clear()
+            self._queue.put_nowait(event)
+        except queue.Full:
+            self.on_result("dropped")
+
     # ---- the sending side: one thread ----------------------------------------------------------
 
     def start(self) -> None:
@@ -490,7 +510,7 @@ class EventRecorder:
             "involvedObject": event.involved.as_dict(),
             "reason": event.reason,
             "message": event.message,
-            "type": "Warning",
+            "type": event.type,
             "count": event.count,
             "firstTimestamp": stamp,
             "lastTimestamp": stamp,

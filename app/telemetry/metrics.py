@@ -240,6 +240,33 @@ class Metrics(RegistryObserver):
             ["result"],
             registry=r,
         )
+        # Remediation (app/webhook/remediator.py): each a running total, `reason` a fixed set
+        # (ACR's failure codes, forbidden, unavailable, timeout, ...; docs/operations.md).
+        self.conversions_started = Counter(
+            "streamgate_conversions_started",
+            "Streaming conversions started (how: started by this replica, or adopted: one "
+            "under way already, followed)",
+            ["how"],
+            registry=r,
+        )
+        self.conversions_succeeded = Counter(
+            "streamgate_conversions_succeeded",
+            "Streaming conversions followed to success",
+            registry=r,
+        )
+        self.conversions_failed = Counter(
+            "streamgate_conversions_failed",
+            "Streaming conversions that failed or could not be started, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.conversions_skipped = Counter(
+            "streamgate_conversions_skipped",
+            "Conversions that would help but were not asked for, by reason (rate-limited, "
+            "budget, queue-full, forbidden, registry-not-allowed, off, converted-already)",
+            ["reason"],
+            registry=r,
+        )
         self._probes = _Probes()
         r.register(self._probes)
         self._registries: set[str] = set()
@@ -273,6 +300,16 @@ class Metrics(RegistryObserver):
 
     def on_policy_reload(self, result: str) -> None:
         self.policy_reloads.labels(result).inc()
+
+    def on_conversion(self, result: str, reason: str = "") -> None:
+        if result in ("started", "adopted"):
+            self.conversions_started.labels(result).inc()
+        elif result == "succeeded":
+            self.conversions_succeeded.inc()
+        elif result == "failed":
+            self.conversions_failed.labels(reason or "unknown").inc()
+        else:
+            self.conversions_skipped.labels(reason or "unknown").inc()
 
     def on_event(self, result: str) -> None:
         self.events_sent.labels(result).inc()

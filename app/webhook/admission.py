@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
 from app.core import messages
@@ -21,11 +21,14 @@ from app.core.images import ImageRef
 from app.core.plan import plan
 from app.core.policy import Mode, OnError, Policy
 from app.core.pools import Placement, PlacementSource
+from app.core.remediation import wants_conversion
 from app.core.verdicts import ImageVerdict, Verdict, VerdictSource
 from app.core.workloads import Workload, WorkloadError, judged_signature, workload
+from app.telemetry.events import involved_object
 from app.webhook.decisionlog import DecisionLog
 from app.webhook.memo import DecisionMemo, Judged, Key, signature
 from app.webhook.patches import annotation_ops, steer_ops
+from app.webhook.remediator import Remediator
 from app.webhook.review import AdmissionAnswer, AdmissionRequest, ReviewError
 
 logger = logging.getLogger(__name__)
@@ -87,6 +90,8 @@ class Admission:
     on_decision: Callable[[AdmissionRequest, Decision], None] | None = None
     memo: DecisionMemo = field(default_factory=DecisionMemo)
     decision_log: DecisionLog = field(default_factory=DecisionLog)
+    # Starts the conversions `remediation: convert` asks for (None: never, as in the CLI).
+    remediator: Remediator | None = None
     _background: set[asyncio.Task[ImageVerdict]] = field(default_factory=set, repr=False)
 
     def mode_for(self, namespace: str, policy: Policy) -> Mode:
@@ -186,7 +191,11 @@ class Admission:
             return skip(mode, "images and scheduling unchanged"), wl
         by_controller = req.user in policy.controller_users
         notes = self._notes(req, wl, policy, mode)
-        key = signature(wl, mode, (by_controller, notes))
+        # Where remediation is on, a decision depends on what the remediator booked as well as
+        # on the verdicts: judged anew each time, never memoised (a dry run's answer, which
+        # books nothing, must not stand in for the real request's).
+        remediating = self.remediator is not None and policy.remediation.applies(req.namespace)
+        key = None if remediating else signature(wl, mode, (by_controller, notes))
         placement = self.placement.place(wl.pod_spec)
         memoised, known = self._from_memo(key, policy, placement)
         if memoised is not None:
@@ -194,6 +203,8 @@ class Admission:
         planned = plan(wl, policy)
         refs = planned.to_check
         verdicts = await self.lookup(refs, known)
+        if remediating and not req.dry_run:
+            self._remediate(req, verdicts)
         decision = evaluate(
             planned,
             mode=mode,
@@ -207,6 +218,20 @@ class Admission:
             judged = Judged(refs, tuple([verdicts[r] for r in refs]), placement, decision)
             self.memo.put(key, policy, judged)
         return decision, wl
+
+    def _remediate(self, req: AdmissionRequest, verdicts: dict[ImageRef, ImageVerdict]) -> None:
+        """Book the conversions these verdicts call for (no I/O: the remediator queues them);
+        a booked image's verdict then says so."""
+        assert self.remediator is not None
+        involved = None
+        for ref, verdict in verdicts.items():
+            if verdict.digest is None or not wants_conversion(ref, verdict):
+                continue
+            if involved is None:
+                involved = involved_object(req, denied=False)
+            reason = self.remediator.request(ref, verdict.digest, involved)
+            if reason is not None:
+                verdicts[ref] = replace(verdict, reason=reason)
 
     def _from_memo(
         self, key: Key | None, policy: Policy, placement: Placement

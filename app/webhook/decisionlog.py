@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from app.core.evaluate import Decision
+from app.core.remediation import STARTED
 from app.telemetry.logs import direct_handler, escape_controls, json_time, text_time, text_value
 from app.webhook.review import AdmissionRequest
 
@@ -71,6 +72,9 @@ def _tail(decision: Decision, outcome: str) -> _Tail:
         }
         for r in reports[:MAX_LOGGED_IMAGES]
     ]
+    for entry, r in zip(images, reports, strict=False):
+        if r.verdict.reason == STARTED:  # remediation booked its conversion
+            entry["conversion"] = "started"
     if len(reports) > MAX_LOGGED_IMAGES:
         images.append({"more": len(reports) - MAX_LOGGED_IMAGES})
     fields: dict[str, Any] = {

@@ -31,7 +31,7 @@ from app.core.reports import WGPOLICY
 from app.core.verdicts import VerdictSource
 from app.registry.source import RegistryVerdictSource
 from app.telemetry.event_checks import KubeObjects
-from app.telemetry.events import DEFAULT_INTERVAL, EventRecorder, KubeEventsApi
+from app.telemetry.events import DEFAULT_INTERVAL, EventRecorder, KubeEventsApi, ObjectRef
 from app.telemetry.metrics import Metrics, serve_metrics
 from app.webhook.admission import (
     Admission,
@@ -43,6 +43,7 @@ from app.webhook.admission import (
 from app.webhook.connections import FIRST_REQUEST_TIMEOUT, guarded_protocol
 from app.webhook.loops import EventLoop, loop_factory
 from app.webhook.reload import PolicyReloader, load_policy
+from app.webhook.remediator import Remediator
 from app.webhook.reporter import Reporter, ReporterSettings
 from app.webhook.server import create_app
 
@@ -382,6 +383,26 @@ def _start_reporter(
     return watcher
 
 
+def _remediator(
+    admission: Admission,
+    source: RegistryVerdictSource,
+    metrics: Metrics,
+    recorder: EventRecorder | None,
+) -> Remediator:
+    """The remediator of `serve`, always there (idle on its queue: a policy reload may turn
+    remediation on), telling workloads by Event when Events are on."""
+    notify = None
+    if recorder is not None:
+        events = recorder
+
+        def notify(involved: ObjectRef, reason: str, text: str, normal: bool) -> None:
+            events.notify(involved, reason, text, normal=normal)
+
+    remediator = Remediator(source, admission.policy, observer=metrics, notify=notify)
+    admission.remediator = remediator
+    return remediator
+
+
 def _needs_kube(settings: ServeSettings) -> None:
     for on, flag in ((settings.events, "--events"), (settings.reports, "--reports")):
         if on and not settings.kube:
@@ -453,6 +474,7 @@ async def run_webhook(settings: ServeSettings) -> None:
             settings.event_interval,
         )
     background: list[Callable[[], Coroutine[Any, Any, None]]] = []
+    background.append(_remediator(admission, source, metrics, recorder).run)
     workload_watcher = _start_reporter(settings, admission, background)
     if settings.policy_path is not None:
         assert isinstance(admission.policy, _PolicyHolder)

@@ -1224,3 +1224,22 @@ def test_topology_spread_constraints_are_a_list_with_the_pods_selector_filled_in
         ),
     ):
         assert path in render_error(bad), bad
+
+
+@pytest.mark.parametrize(
+    ("remediation", "side_effects"),
+    [
+        ({"action": "convert"}, "NoneOnDryRun"),
+        ("convert", "NoneOnDryRun"),
+        ({"namespaces": {"team-a": "convert"}}, "NoneOnDryRun"),
+        ({"namespaces": {"team-a": "none"}}, "None"),
+        ({"action": "none"}, "None"),
+    ],
+)
+def test_remediation_is_a_side_effect_never_made_for_a_dry_run(remediation, side_effects):
+    docs = render({"policy": {"remediation": remediation}})
+    assert {w["sideEffects"] for _, w in webhooks(docs)} == {side_effects}
+    policy = yaml.safe_load(one(docs, "ConfigMap")["data"]["policy.yaml"])
+    assert (
+        parse_policy(policy).remediation == parse_policy({"remediation": remediation}).remediation
+    )

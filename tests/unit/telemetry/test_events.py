@@ -475,3 +475,24 @@ def test_serve_events_needs_a_kubeconfig(tmp_path, capsys) -> None:
     code = main(["serve", "--self-signed", str(tmp_path), "--events"])
     assert code == EXIT_USAGE
     assert "--events needs --kubeconfig" in capsys.readouterr().err
+
+
+def test_notify_sends_a_normal_event_on_a_confirmed_object_once_per_interval() -> None:
+    from app.telemetry.events import ObjectRef
+
+    api, clock, results = FakeApi(), Clock(), []
+    rec = recorder(api, clock, results)
+    web = ObjectRef("v1", "Pod", "shop", "web", "uid-1")
+    ghost = ObjectRef("v1", "Pod", "shop", "ghost", "uid-x")
+    rec.start()
+    try:
+        rec.notify(web, "StreamingConversionSucceeded", "done " + "x" * 2000, normal=True)
+        rec.notify(web, "StreamingConversionSucceeded", "again", normal=True)  # within 300 s
+        rec.notify(ghost, "StreamingConversionFailed", "failed", normal=False)
+        assert rec.flush()
+    finally:
+        rec.stop()
+    assert results == ["rate-limited", "sent", "unconfirmed"]
+    [(ns, body)] = api.created
+    assert (ns, body["type"], body["reason"]) == ("shop", "Normal", "StreamingConversionSucceeded")
+    assert body["involvedObject"]["uid"] == "uid-1" and len(body["message"]) == 1024

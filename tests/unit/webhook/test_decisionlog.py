@@ -157,3 +157,27 @@ def test_pending_lines_reach_the_file_within_the_interval(tmp_path):
                 break
             time.sleep(0.01)
         assert "buffered line" in path.read_text()
+
+
+def test_a_conversion_remediation_booked_is_a_field_of_its_image(configured):
+    from app.core.remediation import STARTED
+
+    buf = configured("json")
+    booked = Decision(
+        allowed=True,
+        mode=Mode.WARN,
+        problems=(Problem("notStreamable", Severity.WARN, f"c0: x: {STARTED}", "c0"),),
+        reports=(
+            ContainerReport(
+                Container("containers", 0, "c0", "r.azurecr.io/a:1"),
+                parse_image("r.azurecr.io/a:1"),
+                ImageVerdict(Verdict.NOT_STREAMABLE, STARTED, digest="sha256:" + "1" * 64),
+            ),
+            DECISION.reports[0],
+        ),
+    )
+    DecisionLog().write(request("web"), "validate", booked, "warn", 0.001)
+    logging.getLogger().handlers[0].flush()
+    images = json.loads(buf.getvalue().splitlines()[-1])["images"]
+    assert images[0]["conversion"] == "started" and images[0]["reason"] == STARTED
+    assert "conversion" not in images[1]
