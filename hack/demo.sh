@@ -19,7 +19,34 @@ hack/registries.sh up >/dev/null
 "$BIN/python" hack/seed_registry.py --registry 127.0.0.1:25000 --plain-http seed
 
 step "streamgate as a local process, wired in with the chart's webhook configurations"
-hack/webhook.sh up
+# The demo's policy is examples/policy.yaml plus remediation for one namespace, `fixme`: there
+# streamgate starts the streaming conversions of images that have none, on the ACR stand-in
+# (127.0.0.1:25445: ACR's /oauth2 and /acr/v1 endpoints before a real registry), logged in as
+# `docker login` would be (the null user and a refresh token from /oauth2/exchange).
+eval "$(hack/registries.sh env)"
+hack/webhook.sh down >/dev/null 2>&1 || true  # started afresh: this policy, these credentials
+FRONT=$STREAMGATE_ACR_REFERRERS_FRONT
+mkdir -p .demo
+"$BIN/python" - "$FRONT" "$STREAMGATE_CA_CERT" > .demo/policy.yaml <<'PY'
+import sys, yaml
+front, ca = sys.argv[1], sys.argv[2]
+policy = yaml.safe_load(open("examples/policy.yaml"))
+policy["acrRegistries"].append(front)
+policy["acrRegistryNames"][front] = "demoacr"
+policy["registry"]["registries"][front] = {
+    "acr": True, "auth": "basic", "caFile": ca,
+    "usernameEnv": "DEMO_ACR_USER", "passwordEnv": "DEMO_ACR_PASSWORD",
+}
+policy["remediation"] = {"namespaces": {"fixme": "convert"}, "registries": [front], "pollSeconds": 1}
+yaml.safe_dump(policy, sys.stdout, sort_keys=False)
+PY
+export DEMO_ACR_USER=00000000-0000-0000-0000-000000000000
+DEMO_ACR_PASSWORD=$(curl -sf --cacert "$STREAMGATE_CA_CERT" "https://$FRONT/oauth2/exchange" \
+  -d grant_type=access_token -d "service=$FRONT" -d "access_token=$STREAMGATE_AAD_TOKEN" \
+  | "$BIN/python" -c 'import json, sys; print(json.load(sys.stdin)["refresh_token"])')
+export DEMO_ACR_PASSWORD
+STREAMGATE_POLICY=.demo/policy.yaml STREAMGATE_SERVE_ARGS=--events \
+  STREAMGATE_HELM_SET=policy.remediation.namespaces.fixme=convert hack/webhook.sh up
 
 step "Node pools, as streamgate sees them"
 "$BIN/streamgate" pools --kubeconfig "$KUBECONFIG"
@@ -57,6 +84,51 @@ kubectl wait --for=condition=Established crd/policyreports.wgpolicyk8s.io >/dev/
 "$BIN/streamgate" scan --kubeconfig "$KUBECONFIG" --policy examples/policy.yaml -q -o policyreport | kubectl apply -f - >/dev/null
 kubectl get policyreports -A
 
+step "Fix it: remediation: convert in namespace fixme (policy .demo/policy.yaml)"
+# A fresh repository each run: a conversion leaves its streaming artifact behind.
+REPO="fixme-$(date +%s)"
+"$BIN/python" hack/seed_registry.py --registry "$FRONT" --ca-cert "$STREAMGATE_CA_CERT" \
+  --aad-token "$STREAMGATE_AAD_TOKEN" --quiet seed --namespace "$REPO" >/dev/null
+IMAGE="$FRONT/$REPO/plain:v1"
+kubectl delete namespace fixme --ignore-not-found >/dev/null
+kubectl create namespace fixme >/dev/null
+deployment() {
+  cat <<YAML
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: app, namespace: fixme}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: app}}
+  template:
+    metadata: {labels: {app: app}}
+    spec: {containers: [{name: app, image: $IMAGE}]}
+YAML
+}
+printf '\n\033[36m$ kubectl apply -f app.yaml\033[0m   # Deployment fixme/app, image %s (no streaming artifact)\n' "$IMAGE"
+deployment | kubectl apply -f - 2>&1
+METRICS="http://127.0.0.1:${STREAMGATE_METRICS_PORT:-28090}/metrics"
+printf 'waiting for the conversion'
+for _ in $(seq 1 60); do
+  if curl -sf "$METRICS" | grep -q '^streamgate_conversions_succeeded_total [1-9]'; then break; fi
+  printf '.'; sleep 1
+done
+echo
+curl -sf "$METRICS" | grep '^streamgate_conversions_\(started\|succeeded\)_total' || true
+printf '\n\033[36m$ kubectl get events -n fixme --field-selector reason=StreamingConversionSucceeded\033[0m\n'
+for _ in $(seq 1 20); do
+  kubectl get events -n fixme --field-selector reason=StreamingConversionSucceeded -o name 2>/dev/null | grep -q . && break
+  sleep 0.5
+done
+kubectl get events -n fixme --field-selector reason=StreamingConversionSucceeded \
+  -o custom-columns='TYPE:.type,REASON:.reason,OBJECT:.involvedObject.kind,MESSAGE:.message' --no-headers
+printf '\n\033[36m$ kubectl rollout restart deployment/app -n fixme\033[0m   # the next rollout: no warning\n'
+kubectl rollout restart deployment/app -n fixme 2>&1
+sleep 2
+printf 'new pod: '
+kubectl get pods -n fixme --sort-by=.metadata.creationTimestamp \
+  -o custom-columns='NAME:.metadata.name,REPORT:.metadata.annotations.streamgate\.io/report' --no-headers | tail -1
+
 step "Done: ${denied} example(s) denied, the rest admitted with the warnings above"
 cat <<TXT
 Point kubectl at the cluster:   export KUBECONFIG=$KUBECONFIG
@@ -65,4 +137,5 @@ Judge manifests offline (CI):   .venv/bin/streamgate check -f examples/ --policy
 Tear it all down:               make demo-down
 HTML readiness report:          file://$ROOT/.demo/report.html
 Policy reports:                 kubectl get policyreports -A -o yaml
+Remediation (namespace fixme):  docs/remediation.md; the demo's policy is .demo/policy.yaml
 TXT
