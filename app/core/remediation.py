@@ -60,6 +60,8 @@ class Remediation(BaseModel):
         return data
 
     def action_for(self, namespace: str) -> RemediationAction:
+        if not self.namespaces:  # the usual case, asked on every admission
+            return self.action
         for pattern, action in self.namespaces.items():
             if fnmatch.fnmatchcase(namespace, pattern):
                 return action

@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 MAX_WORKLOADS = 10  # workloads told (by Event) when one conversion ends
 MAX_TRACKED = 10_000  # conversions remembered (for deduplication and `retrySeconds`)
+MAX_FORBIDDEN = 1024  # registries remembered as refusing writes
+START_SECONDS = 30.0  # reading ACR's record and starting one conversion, at most
 DENIED = "registry denied access"  # RegistryAuthError's reason for a 403 (app/registry/transport)
 _UNDER_WAY = (ConversionState.NOT_STARTED, ConversionState.RUNNING)
 
@@ -142,7 +144,8 @@ class Remediator:
         self._queued = 0
         self.tracked: OrderedDict[tuple[str, str, str], Conversion] = OrderedDict()
         # registry -> the policy under which it refused a write: no more bookings until it changes
-        self._forbidden: dict[str, Policy] = {}
+        self._forbidden: OrderedDict[str, Policy] = OrderedDict()
+        self._warned: dict[Refusal, float] = {}
         self._follows: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -168,9 +171,7 @@ class Remediator:
         refusal = self._refusal(policy, registry, now)
         if refusal is not None:
             self._observer.on_conversion("skipped", refusal.value)
-            logger.info(
-                "conversion of %s not started: %s", messages.printable(ref.raw), refusal.value
-            )
+            self._log_refusal(ref, refusal, now)
             return None
         conversion = Conversion(ref, registry, ref.repository, digest, booked_at=now)
         conversion.tell(workload)
@@ -181,6 +182,23 @@ class Remediator:
         self._idle.clear()
         self._queue.put_nowait(conversion)
         return STARTED
+
+    def _log_refusal(self, ref: ImageRef, refusal: Refusal, now: float) -> None:
+        """Each skip at debug level (every sighting would flood the log: the metric counts
+        them); a spent budget or a full queue also once a minute as a warning."""
+        logger.debug("conversion of %s not started: %s", messages.printable(ref.raw), refusal)
+        if (
+            refusal in (Refusal.BUDGET, Refusal.QUEUE)
+            and now - self._warned.get(refusal, -1e9) >= 60
+        ):
+            self._warned[refusal] = now
+            settings = self._policy().remediation
+            why = (
+                f"the hourly budget is spent (remediation.perHour: {settings.per_hour})"
+                if refusal is Refusal.BUDGET
+                else f"the queue is full (remediation.queueSize: {settings.queue_size})"
+            )
+            logger.warning("remediation: conversions not started: %s", why)
 
     def _refusal(self, policy: Policy, registry: str, now: float) -> Refusal | None:
         settings = policy.remediation
@@ -211,7 +229,11 @@ class Remediator:
                 conversion = await self._queue.get()
                 self._queued -= 1
                 try:
-                    await self._start(conversion)
+                    async with asyncio.timeout(START_SECONDS):
+                        await self._start(conversion)
+                except TimeoutError:
+                    logger.warning("conversion of %s: no answer in time", conversion.ref.raw)
+                    self._finish(conversion, "failed", "timeout")
                 except Exception:
                     logger.exception("conversion of %s failed unexpectedly", conversion.ref.raw)
                     self._finish(conversion, "failed", "error")
@@ -290,6 +312,8 @@ class Remediator:
 
     def _refused(self, c: Conversion, policy: Policy) -> None:
         self._forbidden[c.registry] = policy
+        while len(self._forbidden) > MAX_FORBIDDEN:
+            self._forbidden.popitem(last=False)
         logger.error(
             "remediation off for %s until the policy changes: it refused to start a conversion "
             "(HTTP 403). Starting one needs push rights on the repository (AcrPush, or an "
