@@ -125,3 +125,21 @@ exempt namespaces, namespaces the policy turns off, and webhook.excludeNamespace
 {{- include "streamgate.fullname" . }}
 {{- end }}
 {{- end }}
+
+{{/*
+"true" when the policy's remediation converts anywhere (policy.remediation: convert, its
+action, or any namespace override set to convert): the webhook then writes to registries.
+*/}}
+{{- define "streamgate.remediationOn" -}}
+{{- $converts := false }}
+{{- $remediation := .Values.policy.remediation | default "none" }}
+{{- if kindIs "string" $remediation }}
+{{- $converts = eq $remediation "convert" }}
+{{- else }}
+{{- $converts = eq (toString $remediation.action) "convert" }}
+{{- range $ns, $action := ($remediation.namespaces | default dict) }}
+{{- if eq (toString $action) "convert" }}{{ $converts = true }}{{ end }}
+{{- end }}
+{{- end }}
+{{- ternary "true" "false" $converts }}
+{{- end }}
