@@ -191,20 +191,27 @@ class Admission:
             return skip(mode, "images and scheduling unchanged"), wl
         by_controller = req.user in policy.controller_users
         notes = self._notes(req, wl, policy, mode)
-        # Where remediation is on, a decision depends on what the remediator booked as well as
-        # on the verdicts: judged anew each time, never memoised (a dry run's answer, which
-        # books nothing, must not stand in for the real request's).
-        remediating = self.remediator is not None and policy.remediation.applies(req.namespace)
-        key = None if remediating else signature(wl, mode, (by_controller, notes))
+        # Where remediation is on (and the request is not a dry run) a memoised decision that
+        # still calls for a conversion is judged anew, so the conversion is booked (a dry run's
+        # answer, which books nothing, must not stand in for the real request's); a decision
+        # that booked one is not memoised (it reads "conversion started" only until the
+        # remediator learns more).
+        books = (
+            self.remediator is not None
+            and not req.dry_run
+            and policy.remediation.applies(req.namespace)
+        )
+        key = signature(wl, mode, (by_controller, notes))
         placement = self.placement.place(wl.pod_spec)
         memoised, known = self._from_memo(key, policy, placement)
         if memoised is not None:
-            return memoised, wl
+            if not (books and self._books_now(memoised, policy)):
+                return memoised, wl
+            self.memo.refuse()
         planned = plan(wl, policy)
         refs = planned.to_check
         verdicts = await self.lookup(refs, known)
-        if remediating and not req.dry_run:
-            self._remediate(req, verdicts)
+        booked = books and self._remediate(req, verdicts)
         decision = evaluate(
             planned,
             mode=mode,
@@ -214,16 +221,29 @@ class Admission:
             by_controller=by_controller,
             notes=notes,
         )
-        if key is not None:
+        if key is not None and not booked:
             judged = Judged(refs, tuple([verdicts[r] for r in refs]), placement, decision)
             self.memo.put(key, policy, judged)
         return decision, wl
 
-    def _remediate(self, req: AdmissionRequest, verdicts: dict[ImageRef, ImageVerdict]) -> None:
+    def _books_now(self, decision: Decision, policy: Policy) -> bool:
+        """Whether a memoised decision calls for a conversion the remediator would book (or has
+        under way) now: then the admission is judged anew instead."""
+        assert self.remediator is not None
+        for r in decision.reports:
+            ref, verdict = r.ref, r.verdict
+            if ref is None or verdict.digest is None or not wants_conversion(ref, verdict):
+                continue
+            if self.remediator.wants_judging(ref, verdict.digest, policy):
+                return True
+        return False
+
+    def _remediate(self, req: AdmissionRequest, verdicts: dict[ImageRef, ImageVerdict]) -> bool:
         """Book the conversions these verdicts call for (no I/O: the remediator queues them);
-        a booked image's verdict then says so."""
+        a booked image's verdict then says so. True when any was booked."""
         assert self.remediator is not None
         involved = None
+        booked = False
         for ref, verdict in verdicts.items():
             if verdict.digest is None or not wants_conversion(ref, verdict):
                 continue
@@ -232,6 +252,8 @@ class Admission:
             reason = self.remediator.request(ref, verdict.digest, involved)
             if reason is not None:
                 verdicts[ref] = replace(verdict, reason=reason)
+                booked = True
+        return booked
 
     def _from_memo(
         self, key: Key | None, policy: Policy, placement: Placement

@@ -85,6 +85,11 @@ class DecisionMemo:
         self.hits += 1
         return judged.decision
 
+    def refuse(self) -> None:
+        """The caller judged anew after all (a hit it could not use): count it as a miss."""
+        self.hits -= 1
+        self.misses += 1
+
     def refs_for(self, key: Key, policy: Policy) -> tuple[ImageRef, ...] | None:
         """The images an earlier evaluation of `key` asked about, or None when unknown (a miss;
         `get` counts the rest)."""

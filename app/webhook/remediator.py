@@ -183,6 +183,20 @@ class Remediator:
         self._queue.put_nowait(conversion)
         return STARTED
 
+    def wants_judging(self, ref: ImageRef, digest: str, policy: Policy) -> bool:
+        """Whether an admission must be judged anew for this image, rather than answered from
+        a decision memoised before: a booking is under way (its warning says so), or `request`
+        could book one now (never seen, or its retry is due, on a registry it may convert in).
+        No I/O, like `request`."""
+        key = (ref.registry.lower(), ref.repository, digest)
+        known = self.tracked.get(key)
+        if known is not None:
+            if known.state != "done":
+                return True
+            return self._clock() - known.finished_at >= policy.remediation.retry_seconds
+        registry = key[0]
+        return policy.may_convert(registry) and self._forbidden.get(registry) != policy
+
     def _log_refusal(self, ref: ImageRef, refusal: Refusal, now: float) -> None:
         """Each skip at debug level (every sighting would flood the log: the metric counts
         them); a spent budget or a full queue also once a minute as a warning."""

@@ -140,3 +140,86 @@ async def test_a_finished_digest_is_not_asked_for_again_within_retry_seconds() -
     clock.now += 2
     assert rem.request(ref, DIGEST) == STARTED
     assert rem.tracked[(ACR, "app", DIGEST)] is not booked
+
+
+# ---- the admission and the remediator: which decisions the memo may answer -----------------
+
+from app.core.messages import NO_ARTIFACT  # noqa: E402
+from app.core.pools import NoInventory  # noqa: E402
+from app.core.verdicts import ImageVerdict, Verdict  # noqa: E402
+from app.webhook.admission import Admission  # noqa: E402
+from app.webhook.review import AdmissionRequest  # noqa: E402
+from tests.memory import MemoryVerdicts  # noqa: E402
+
+PLAIN = f"{ACR}/plain:v1"
+
+
+def review(ns: str = "team-a", *, dry_run: bool = False, name: str = "web") -> AdmissionRequest:
+    return AdmissionRequest(
+        api_version="admission.k8s.io/v1",
+        uid="r-" + name,
+        group="",
+        kind="Pod",
+        sub_resource="",
+        operation="CREATE",
+        namespace=ns,
+        name=name,
+        obj={
+            "metadata": {"name": name, "namespace": ns, "uid": "u-" + name},
+            "spec": {"containers": [{"name": "app", "image": PLAIN}]},
+        },
+        old_obj=None,
+        dry_run=dry_run,
+        user="alice",
+    )
+
+
+def admitting(**remediation: Any) -> tuple[Admission, Remediator, Clock]:
+    policy = parse_policy({"remediation": {"namespaces": {"team-a": "convert"}, **remediation}})
+    verdicts = MemoryVerdicts(
+        {PLAIN: ImageVerdict(Verdict.NOT_STREAMABLE, NO_ARTIFACT, digest=DIGEST)}, instant=True
+    )
+    admission = Admission(policy=lambda: policy, verdicts=verdicts, placement=NoInventory())
+    clock = Clock()
+    remediator = Remediator(NoRegistry(), admission.policy, clock=clock)
+    admission.remediator = remediator
+    return admission, remediator, clock
+
+
+def plain_warning(answer: Any) -> str:
+    [text] = [w for w in answer.warnings if PLAIN in w]
+    return str(text)
+
+
+async def test_a_dry_runs_memoised_answer_does_not_stand_in_for_the_real_request() -> None:
+    admission, remediator, _ = admitting()
+    dry = await admission.answer(review(dry_run=True), "validate")
+    assert "fix: az acr artifact-streaming create" in plain_warning(dry)
+    assert remediator.tracked == {}
+    real = await admission.answer(review(), "validate")
+    assert plain_warning(real) == f"app: {PLAIN}: {STARTED}"
+    assert len(remediator.tracked) == 1
+
+
+async def test_other_namespaces_keep_the_memo_and_book_nothing() -> None:
+    admission, remediator, _ = admitting()
+    for i in range(3):
+        await admission.answer(review("team-b", name=f"p{i}"), "validate")
+    assert remediator.tracked == {} and admission.memo.hits == 2
+
+
+async def test_once_a_conversion_ended_the_memo_answers_until_its_retry_is_due() -> None:
+    admission, remediator, clock = admitting(retrySeconds=600)
+    await admission.answer(review(name="a"), "validate")
+    [booked] = remediator.tracked.values()
+    # under way: judged anew each time, and each says so
+    again = await admission.answer(review(name="b"), "validate")
+    assert STARTED in plain_warning(again) and admission.memo.hits == 0
+    booked.state, booked.finished_at = "done", clock.now  # e.g. ACR refused to start it
+    for name in ("c", "d", "e"):
+        answer = await admission.answer(review(name=name), "validate")
+        assert "fix: az acr artifact-streaming create" in plain_warning(answer)
+    assert admission.memo.hits == 2  # c judged (and memoised), d and e from the memo
+    clock.now += 600
+    due = await admission.answer(review(name="f"), "validate")
+    assert STARTED in plain_warning(due) and admission.memo.hits == 2
