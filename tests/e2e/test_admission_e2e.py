@@ -404,7 +404,7 @@ def test_webhook_outage_never_blocks_the_cluster(webhook, kubectl, tmp_path):
             f"webhook.namespaceSelectorExpressions[0].key={webhook.run_label.split('=')[0]}",
             "--set",
             "webhook.namespaceSelectorExpressions[0].operator=In",
-            "--set",
+            "--set-string",  # a run suffix of digits only must stay a string
             f"webhook.namespaceSelectorExpressions[0].values[0]={webhook.suffix}",
         ],
         capture_output=True,
