@@ -53,7 +53,8 @@ step "Node pools, as streamgate sees them"
 
 # Start from a clean slate so the demo can be run again.
 kubectl delete --ignore-not-found --wait=false -f examples/ >/dev/null 2>&1 || true
-kubectl wait --for=delete namespace/payments --timeout=60s >/dev/null 2>&1 || true
+kubectl delete namespace fixme --ignore-not-found --wait=false >/dev/null 2>&1 || true
+kubectl wait --for=delete namespace/payments namespace/fixme --timeout=60s >/dev/null 2>&1 || true
 
 step "kubectl apply, one example at a time (policy: examples/policy.yaml, mode warn)"
 denied=0
