@@ -231,3 +231,16 @@ def policyreport_crds(kubectl: Kubectl) -> Path:
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds), timeout=120)
     kubectl("wait", "--for=condition=Established", *(f"crd/{n}" for n in REPORT_CRDS))
     return crds
+
+
+@pytest.fixture(scope="module")
+def front() -> Iterator[Any]:
+    """A module's own ACR front (tests/support/acr_front.py) before olareg, checking the tokens
+    itself: ACR auth, the referrers API and the /acr/v1 conversion endpoints together, with
+    request counts of its own (conversions started)."""
+    from tests.support.registries import ensure_registries, start_acr_front
+
+    env = ensure_registries()
+    started = start_acr_front(env, upstream=env.olareg_acr, enforce_auth=True)
+    yield started
+    started.stop()

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import ssl
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
@@ -28,31 +25,11 @@ BIN = ROOT / ".venv" / "bin" / "streamgate"
 POOL = "kubernetes.azure.com/agentpool"
 
 
-@pytest.fixture(scope="module")
-def front() -> Iterator[Any]:
-    from tests.support.registries import ensure_registries, start_acr_front
-
-    env = ensure_registries()
-    started = start_acr_front(env, upstream=env.olareg_acr, enforce_auth=True)
-    yield started
-    started.stop()
-
-
 class Streamgate:
     """The installed command with a policy reaching the front as `docker login` would (the
     null user, an ACR refresh token from the front's /oauth2/exchange)."""
 
     def __init__(self, front: Any, kubeconfig: Path, tmp: Path) -> None:
-        with httpx.Client(verify=ssl.create_default_context(cafile=front.ca_cert)) as http:
-            answer = http.post(
-                f"{front.url}/oauth2/exchange",
-                data={
-                    "grant_type": "access_token",
-                    "service": front.host,
-                    "access_token": front.aad_token,
-                },
-            )
-        answer.raise_for_status()
         settings = {
             "acr": True,
             "auth": "basic",
@@ -70,7 +47,7 @@ class Streamgate:
         self.env = {
             **os.environ,
             "SG_TEST_USER": "00000000-0000-0000-0000-000000000000",
-            "SG_TEST_PASSWORD": answer.json()["refresh_token"],
+            "SG_TEST_PASSWORD": front.refresh_token(),
         }
 
     def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:

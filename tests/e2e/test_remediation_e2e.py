@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import ssl
 import time
 import urllib.request
 import uuid
@@ -18,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
@@ -26,32 +24,6 @@ from app.core.remediation import STARTED
 from tests.e2e.conftest import ROOT, RUN_LABEL, Kubectl, local_webhook
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def front() -> Iterator[Any]:
-    from tests.support.registries import ensure_registries, start_acr_front
-
-    env = ensure_registries()
-    started = start_acr_front(env, upstream=env.olareg_acr, enforce_auth=True)
-    yield started
-    started.stop()
-
-
-def _refresh_token(front: Any) -> str:
-    """What `docker login` with the null user sends: a refresh token from /oauth2/exchange."""
-    with httpx.Client(verify=ssl.create_default_context(cafile=front.ca_cert)) as http:
-        answer = http.post(
-            f"{front.url}/oauth2/exchange",
-            data={
-                "grant_type": "access_token",
-                "service": front.host,
-                "access_token": front.aad_token,
-            },
-        )
-    answer.raise_for_status()
-    token: str = answer.json()["refresh_token"]
-    return token
 
 
 def scrape(url: str, name: str) -> float:
@@ -102,7 +74,7 @@ def remedy(
     }
     saved = {k: os.environ.get(k) for k in ("SG_REMEDY_USER", "SG_REMEDY_PASSWORD")}
     os.environ["SG_REMEDY_USER"] = "00000000-0000-0000-0000-000000000000"
-    os.environ["SG_REMEDY_PASSWORD"] = _refresh_token(front)
+    os.environ["SG_REMEDY_PASSWORD"] = front.refresh_token()
     os.environ["STREAMGATE_SERVE_ARGS"] = "--events --event-interval=5"
     try:
         with local_webhook(

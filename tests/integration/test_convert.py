@@ -55,14 +55,18 @@ def seed(front: AcrFront, namespace: str) -> list[str]:
     return sorted(f"{front.host}/{ref}" for ref in result.images)
 
 
-async def verdicts(front: AcrFront, images: list[str]) -> dict[str, Verdict]:
-    pol = policy_for(front)
-    source = RegistryVerdictSource(
+def source_for(front: AcrFront, pol: Policy) -> RegistryVerdictSource:
+    """The webhook's registry client for `pol`, with an AAD token the front accepts."""
+    return RegistryVerdictSource(
         pol.registry,
         aad=StaticAad(front.mint_aad_token()),
         acr_hosts=pol.is_acr,
         aad_hosts=pol.may_get_aad,
     )
+
+
+async def verdicts(front: AcrFront, images: list[str]) -> dict[str, Verdict]:
+    source = source_for(front, policy_for(front))
     try:
         return {i: (await source.verdict(parse_image(i))).verdict for i in images}
     finally:
@@ -171,16 +175,6 @@ def cli(
     the null user and an ACR refresh token from the front's /oauth2/exchange. `stdin`: its
     standard input; `tty`: its standard output a pseudo-terminal (what it wrote there comes
     back as stdout); `keep_policy`: the policy file a test changed stays."""
-    with httpx.Client(verify=ssl.create_default_context(cafile=front.ca_cert)) as http:
-        answer = http.post(
-            f"{front.url}/oauth2/exchange",
-            data={
-                "grant_type": "access_token",
-                "service": front.host,
-                "access_token": front.aad_token,
-            },
-        )
-    answer.raise_for_status()
     settings = {
         "acr": True,
         "auth": "basic",
@@ -199,7 +193,7 @@ def cli(
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "SG_TEST_USER": "00000000-0000-0000-0000-000000000000",
-        "SG_TEST_PASSWORD": answer.json()["refresh_token"],
+        "SG_TEST_PASSWORD": front.refresh_token(),
     }
     argv = [sys.executable, "-m", "app", args[0], "--policy", str(policy), *args[1:]]
     if tty:
@@ -347,15 +341,8 @@ def test_from_check_converts_what_check_calls_not_streamable_and_skips_digest_pi
 
 
 def repo_setting(front: AcrFront, repo: str) -> bool:
+    token = front.refresh_token()
     with httpx.Client(verify=ssl.create_default_context(cafile=front.ca_cert)) as http:
-        token = http.post(
-            f"{front.url}/oauth2/exchange",
-            data={
-                "grant_type": "access_token",
-                "service": front.host,
-                "access_token": front.aad_token,
-            },
-        ).json()["refresh_token"]
         access = http.post(
             f"{front.url}/oauth2/token",
             data={

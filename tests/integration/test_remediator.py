@@ -8,8 +8,10 @@ front counts the conversions really started."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +28,7 @@ from app.telemetry.events import ObjectRef
 from app.webhook.admission import Admission
 from app.webhook.remediator import REASON_FAILED, REASON_REFUSED, REASON_SUCCEEDED, Remediator
 from app.webhook.review import AdmissionAnswer, AdmissionRequest
-from tests.integration.test_convert import StaticAad, seed
+from tests.integration.test_convert import seed, source_for
 from tests.support.registries import AcrFront
 
 pytestmark = pytest.mark.registry
@@ -110,12 +112,7 @@ class Harness:
 
 async def _harness(front: AcrFront, *, sleep: Any, **remediation: Any) -> Harness:
     holder = [policy_for(front, **remediation)]
-    source = RegistryVerdictSource(
-        holder[0].registry,
-        aad=StaticAad(front.mint_aad_token()),
-        acr_hosts=holder[0].is_acr,
-        aad_hosts=holder[0].may_get_aad,
-    )
+    source = source_for(front, holder[0])
     admission = Admission(policy=lambda: holder[0], verdicts=source, placement=NoInventory())
     counts = Counts()
     events: list[tuple[ObjectRef, str, str, bool]] = []
@@ -140,13 +137,7 @@ async def _missing_artifact(front: AcrFront, prefix: str) -> list[str]:
     """A fresh seed's images pulled by tag with no streaming artifact and nothing else wrong
     (a conversion would make them stream)."""
     images = seed(front, f"{prefix}-{secrets.token_hex(4)}")
-    pol = policy_for(front)
-    source = RegistryVerdictSource(
-        pol.registry,
-        aad=StaticAad(front.mint_aad_token()),
-        acr_hosts=pol.is_acr,
-        aad_hosts=pol.may_get_aad,
-    )
+    source = source_for(front, policy_for(front))
     found = []
     try:
         for image in images:
@@ -165,8 +156,17 @@ def _image_warning(answer: AdmissionAnswer, image: str) -> str:
     return mine[0]
 
 
-async def _worker(h: Harness) -> asyncio.Task[None]:
-    return asyncio.create_task(h.remediator.run())
+@contextlib.asynccontextmanager
+async def running(h: Harness, *, close: bool = True) -> AsyncIterator[None]:
+    """The remediator's worker for the block; then the registry client closed (`close`)."""
+    worker = asyncio.create_task(h.remediator.run())
+    try:
+        yield
+    finally:
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+        if close:
+            await h.admission.verdicts.aclose()  # type: ignore[attr-defined]
 
 
 async def test_an_admission_starts_the_conversion_and_the_next_one_streams(
@@ -175,8 +175,7 @@ async def test_an_admission_starts_the_conversion_and_the_next_one_streams(
     image = await _not_streamable(acr_front_referrers, "remedy")
     steps = Steps()
     h = await _harness(acr_front_referrers, sleep=steps.sleep)
-    worker = await _worker(h)
-    try:
+    async with running(h):
         first = await h.apply(image)
         assert first.allowed
         assert _image_warning(first, image) == f"app: {image}: {STARTED}"
@@ -192,10 +191,6 @@ async def test_an_admission_starts_the_conversion_and_the_next_one_streams(
         assert h.events[0][2] == (
             f"streaming conversion of {image} finished; the next rollout streams"
         )
-    finally:
-        worker.cancel()
-        await asyncio.gather(worker, return_exceptions=True)
-        await h.admission.verdicts.aclose()  # type: ignore[attr-defined]
 
 
 async def test_a_later_admission_reads_the_progress_of_the_running_conversion(
@@ -204,8 +199,7 @@ async def test_a_later_admission_reads_the_progress_of_the_running_conversion(
     image = await _not_streamable(acr_front_referrers, "progress")
     steps = Steps()
     h = await _harness(acr_front_referrers, sleep=steps.sleep)
-    worker = await _worker(h)
-    try:
+    async with running(h):
         await h.apply(image)
         await steps.release()  # first read: Running (50 %)
         step = await asyncio.wait_for(steps.waiting.get(), 10)  # learned, waiting to read again
@@ -218,10 +212,6 @@ async def test_a_later_admission_reads_the_progress_of_the_running_conversion(
         after = await h.apply(image, name="app3")
         assert not [w for w in after.warnings if image in w]
         assert h.started() == 1
-    finally:
-        worker.cancel()
-        await asyncio.gather(worker, return_exceptions=True)
-        await h.admission.verdicts.aclose()  # type: ignore[attr-defined]
 
 
 async def test_fifty_concurrent_admissions_of_one_new_image_start_one_conversion(
@@ -229,8 +219,7 @@ async def test_fifty_concurrent_admissions_of_one_new_image_start_one_conversion
 ) -> None:
     image = await _not_streamable(acr_front_referrers, "fifty")
     h = await _harness(acr_front_referrers, sleep=None)
-    worker = await _worker(h)
-    try:
+    async with running(h):
         answers = await asyncio.gather(*(h.apply(image, name=f"p{i}") for i in range(50)))
         texts = {_image_warning(a, image) for a in answers}
         assert texts == {f"app: {image}: {STARTED}"}
@@ -239,10 +228,6 @@ async def test_fifty_concurrent_admissions_of_one_new_image_start_one_conversion
         assert [c for c in h.counts.calls if c[0] == "started"] == [("started", "")]
         # Every workload that asked is told, up to MAX_WORKLOADS.
         assert len(h.events) == 10
-    finally:
-        worker.cancel()
-        await asyncio.gather(worker, return_exceptions=True)
-        await h.admission.verdicts.aclose()  # type: ignore[attr-defined]
 
 
 async def test_a_conversion_under_way_is_followed_not_started_again(
@@ -262,16 +247,11 @@ async def test_a_conversion_under_way_is_followed_not_started_again(
     digest = h.remediator.tracked[next(iter(h.remediator.tracked))].digest
     await start_conversion(source.transport(ref.registry), ref.repository, digest)
     assert h.started() == 1
-    worker = await _worker(h)
-    try:
+    async with running(h):
         await asyncio.wait_for(h.remediator.wait_idle(), 30)
         assert h.started() == 1  # the front counts new operations only
         assert ("adopted", "") in h.counts.calls and ("started", "") not in h.counts.calls
         assert ("succeeded", "") in h.counts.calls
-    finally:
-        worker.cancel()
-        await asyncio.gather(worker, return_exceptions=True)
-        await source.aclose()
 
 
 async def test_dry_runs_and_other_namespaces_start_nothing(
@@ -279,8 +259,7 @@ async def test_dry_runs_and_other_namespaces_start_nothing(
 ) -> None:
     image = await _not_streamable(acr_front_referrers, "dryrun")
     h = await _harness(acr_front_referrers, sleep=None)
-    worker = await _worker(h)
-    try:
+    async with running(h):
         dry = await h.apply(image, dry_run=True)
         other = await h.apply(image, ns="team-b")
         for answer in (dry, other):
@@ -291,10 +270,6 @@ async def test_dry_runs_and_other_namespaces_start_nothing(
             )
         await asyncio.sleep(0.3)
         assert h.started() == 0 and h.remediator.tracked == {}
-    finally:
-        worker.cancel()
-        await asyncio.gather(worker, return_exceptions=True)
-        await h.admission.verdicts.aclose()  # type: ignore[attr-defined]
 
 
 async def test_a_refused_write_turns_remediation_off_for_that_registry_until_the_policy_changes(
@@ -304,8 +279,7 @@ async def test_a_refused_write_turns_remediation_off_for_that_registry_until_the
     first_image, second_image = (await _missing_artifact(front, "refused"))[:2]
     with front.configured(grant_actions=["pull"]):
         h = await _harness(front, sleep=None)
-        worker = await _worker(h)
-        try:
+        async with running(h, close=False):
             answer = await h.apply(first_image)
             assert STARTED in _image_warning(answer, first_image)
             await asyncio.wait_for(h.remediator.wait_idle(), 20)
@@ -317,21 +291,13 @@ async def test_a_refused_write_turns_remediation_off_for_that_registry_until_the
             assert "fix: az acr artifact-streaming create" in _image_warning(later, second_image)
             assert h.counts.calls[-1] == ("skipped", "forbidden")
             assert h.started() == 0
-        finally:
-            worker.cancel()
-            await asyncio.gather(worker, return_exceptions=True)
     # A changed policy (here: the budget) lifts it; the registry grants push again.
     h.holder[0] = policy_for(front, perHour=59)
-    worker = await _worker(h)
-    try:
+    async with running(h):
         answer = await h.apply(second_image, name="c")
         assert STARTED in _image_warning(answer, second_image)
         await asyncio.wait_for(h.remediator.wait_idle(), 20)
         assert h.started() == 1
-    finally:
-        worker.cancel()
-        await asyncio.gather(worker, return_exceptions=True)
-        await h.admission.verdicts.aclose()  # type: ignore[attr-defined]
 
 
 async def test_a_failed_conversion_is_reported_with_its_code_and_not_retried_at_once(
@@ -348,8 +314,7 @@ async def test_a_failed_conversion_is_reported_with_its_code_and_not_retried_at_
             image = candidate
             break
     assert image
-    worker = await _worker(h)
-    try:
+    async with running(h):
         await h.apply(image)
         await asyncio.wait_for(h.remediator.wait_idle(), 20)
         assert h.counts.calls == [("started", ""), ("failed", "UNSUPPORTED_PLATFORM")]
@@ -362,10 +327,6 @@ async def test_a_failed_conversion_is_reported_with_its_code_and_not_retried_at_
         later = await h.apply(image, name="again")
         assert "streaming conversion failed (UNSUPPORTED_PLATFORM)" in _image_warning(later, image)
         assert h.started() == 1
-    finally:
-        worker.cancel()
-        await asyncio.gather(worker, return_exceptions=True)
-        await source.aclose()  # type: ignore[attr-defined]
 
 
 async def test_the_hourly_budget_and_the_per_registry_rate_hold(

@@ -405,6 +405,22 @@ class AcrFront:
     def seeder_args(self) -> list[str]:
         return ["--registry", self.host, "--ca-cert", self.ca_cert, "--aad-token", self.aad_token]
 
+    def refresh_token(self) -> str:
+        """What `docker login` with the null user sends as its password: an ACR refresh token
+        from this front's /oauth2/exchange for its opaque AAD token."""
+        with httpx.Client(verify=ssl.create_default_context(cafile=self.ca_cert)) as http:
+            answer = http.post(
+                f"{self.url}/oauth2/exchange",
+                data={
+                    "grant_type": "access_token",
+                    "service": self.host,
+                    "access_token": self.aad_token,
+                },
+            )
+        answer.raise_for_status()
+        token: str = answer.json()["refresh_token"]
+        return token
+
     def client(self, **kw: Any) -> httpx.Client:
         kw.setdefault("verify", ssl.create_default_context(cafile=self.ca_cert))
         kw.setdefault("timeout", 30.0)
