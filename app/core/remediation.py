@@ -17,7 +17,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.core.images import ImageRef
 from app.core.messages import conversion_helps
 from app.core.verdicts import ImageVerdict, Verdict
 
@@ -84,14 +83,13 @@ class Remediation(BaseModel):
         return any(fnmatch.fnmatchcase(host, p.lower()) for p in self.registries)
 
 
-def wants_conversion(ref: ImageRef, verdict: ImageVerdict) -> bool:
+def wants_conversion(verdict: ImageVerdict) -> bool:
     """Whether a conversion would help: not streamable for want of a streaming artifact (none
     ever requested, or the last one failed in a way a retry may fix), its digest known."""
     return (
         verdict.verdict is Verdict.NOT_STREAMABLE
         and verdict.digest is not None
         and conversion_helps(verdict.reason)
-        and ref.registry != ""
     )
 
 

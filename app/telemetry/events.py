@@ -37,6 +37,7 @@ Events with the kubernetes client (core/v1 Events, what `kubectl describe` reads
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import heapq
 import itertools
@@ -318,8 +319,20 @@ class EventRecorder:
 
     def record(self, req: AdmissionRequest, decision: Decision) -> None:
         event = event_for(req, decision)
-        if event is None:
-            return
+        if event is not None:
+            self._enqueue(event)
+
+    def notify(self, involved: ObjectRef, reason: str, message: str, *, normal: bool) -> None:
+        """An Event that no admission decided (a conversion streamgate started has finished),
+        on an object an admission named; confirmed, rate-limited and sent like the others."""
+        if len(message) > MAX_MESSAGE:
+            message = message[: MAX_MESSAGE - 1] + "…"
+        self._enqueue(
+            PendingEvent(involved, reason, message, 1, type="Normal" if normal else "Warning")
+        )
+
+    def _enqueue(self, event: PendingEvent) -> None:
+        """The per-object rate limit, then the queue (a full one drops the Event)."""
         now = self._clock()
         key = event.key
         due = self._due.get(key)
@@ -334,31 +347,10 @@ class EventRecorder:
             self._due.popitem(last=False)
         try:
             self._idle.clear()
-            self._queue.put_nowait(
-                PendingEvent(event.involved, event.reason, event.message, count, event.awaiting)
-            )
+            self._queue.put_nowait(dataclasses.replace(event, count=count))
         except queue.Full:
             self.on_result("dropped")
             logger.warning("event queue full: dropped %s on %s", event.reason, key[:3])
-
-    def notify(self, involved: ObjectRef, reason: str, message: str, *, normal: bool) -> None:
-        """An Event that no admission decided (a conversion streamgate started has finished),
-        on an object an admission named; confirmed, rate-limited and sent like the others."""
-        if len(message) > MAX_MESSAGE:
-            message = message[: MAX_MESSAGE - 1] + "…"
-        event = PendingEvent(involved, reason, message, 1, type="Normal" if normal else "Warning")
-        now = self._clock()
-        due = self._due.get(event.key)
-        if due is not None and now - due.last < self.interval:
-            due.suppressed += 1
-            self.on_result("rate-limited")
-            return
-        self._due[event.key] = _Due(last=now)
-        try:
-            self._idle.clear()
-            self._queue.put_nowait(event)
-        except queue.Full:
-            self.on_result("dropped")
 
     # ---- the sending side: one thread ----------------------------------------------------------
 

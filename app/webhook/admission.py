@@ -232,7 +232,7 @@ class Admission:
         assert self.remediator is not None
         for r in decision.reports:
             ref, verdict = r.ref, r.verdict
-            if ref is None or verdict.digest is None or not wants_conversion(ref, verdict):
+            if ref is None or verdict.digest is None or not wants_conversion(verdict):
                 continue
             if self.remediator.wants_judging(ref, verdict.digest, policy):
                 return True
@@ -245,7 +245,7 @@ class Admission:
         involved = None
         booked = False
         for ref, verdict in verdicts.items():
-            if verdict.digest is None or not wants_conversion(ref, verdict):
+            if verdict.digest is None or not wants_conversion(verdict):
                 continue
             if involved is None:
                 involved = involved_object(req, denied=False)

@@ -69,12 +69,11 @@ def _tail(decision: Decision, outcome: str) -> _Tail:
             "image": _clip(r.container.image),
             "verdict": r.verdict.verdict.value,
             "reason": _clip(r.verdict.reason),
+            # remediation booked its conversion
+            **({"conversion": "started"} if r.verdict.reason == STARTED else {}),
         }
         for r in reports[:MAX_LOGGED_IMAGES]
     ]
-    for entry, r in zip(images, reports, strict=False):
-        if r.verdict.reason == STARTED:  # remediation booked its conversion
-            entry["conversion"] = "started"
     if len(reports) > MAX_LOGGED_IMAGES:
         images.append({"more": len(reports) - MAX_LOGGED_IMAGES})
     fields: dict[str, Any] = {

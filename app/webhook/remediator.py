@@ -83,7 +83,10 @@ class _NoObserver:
         return None
 
 
-Notify = Callable[[ObjectRef, str, str, bool], None]  # involved, reason, message, normal
+class Notify(Protocol):
+    """Sends an Event (EventRecorder.notify)."""
+
+    def __call__(self, involved: ObjectRef, reason: str, message: str, *, normal: bool) -> None: ...
 
 
 @dataclass(slots=True)
@@ -94,10 +97,8 @@ class Conversion:
     registry: str
     repository: str
     digest: str
-    booked_at: float
     state: str = "queued"  # queued, started, done
     operation: str | None = None
-    outcome: str = ""  # succeeded, failed (CODE), refused, ...
     finished_at: float = 0.0
     workloads: list[ObjectRef] = field(default_factory=list)
 
@@ -156,24 +157,21 @@ class Remediator:
         """Book the conversion of `ref` (resolved to `digest`); the reason the admission's
         verdict carries from now on (`STARTED`), or None when none was booked."""
         policy = self._policy()
-        settings = policy.remediation
         registry = ref.registry.lower()
         key = (registry, ref.repository, digest)
         now = self._clock()
-        known = self.tracked.get(key)
+        known = self._known(key, policy, now)
         if known is not None:
-            if known.state != "done":
-                known.tell(workload)
-                return STARTED
-            if now - known.finished_at < settings.retry_seconds:
+            if known.state == "done":
                 return None  # the verdict says how it ended; not asked again so soon
-            del self.tracked[key]
+            known.tell(workload)
+            return STARTED
         refusal = self._refusal(policy, registry, now)
         if refusal is not None:
             self._observer.on_conversion("skipped", refusal.value)
-            self._log_refusal(ref, refusal, now)
+            self._log_refusal(ref, refusal, policy, now)
             return None
-        conversion = Conversion(ref, registry, ref.repository, digest, booked_at=now)
+        conversion = Conversion(ref, registry, ref.repository, digest)
         conversion.tell(workload)
         self.tracked[key] = conversion
         while len(self.tracked) > MAX_TRACKED:
@@ -189,15 +187,33 @@ class Remediator:
         could book one now (never seen, or its retry is due, on a registry it may convert in).
         No I/O, like `request`."""
         key = (ref.registry.lower(), ref.repository, digest)
-        known = self.tracked.get(key)
+        known = self._known(key, policy, self._clock())
         if known is not None:
-            if known.state != "done":
-                return True
-            return self._clock() - known.finished_at >= policy.remediation.retry_seconds
-        registry = key[0]
-        return policy.may_convert(registry) and self._forbidden.get(registry) != policy
+            return known.state != "done"
+        return self._closed(policy, key[0]) is None
 
-    def _log_refusal(self, ref: ImageRef, refusal: Refusal, now: float) -> None:
+    def _known(self, key: tuple[str, str, str], policy: Policy, now: float) -> Conversion | None:
+        """The conversion of `key` under way, or ended less than `retrySeconds` ago; one that
+        ended longer ago is forgotten (None: it may be booked again)."""
+        known = self.tracked.get(key)
+        if (
+            known is not None
+            and known.state == "done"
+            and now - known.finished_at >= policy.remediation.retry_seconds
+        ):
+            del self.tracked[key]
+            return None
+        return known
+
+    def _closed(self, policy: Policy, registry: str) -> Refusal | None:
+        """Why `registry` gets no conversion under `policy` whatever the limits say."""
+        if not policy.may_convert(registry):
+            return Refusal.REGISTRY
+        if self._forbidden.get(registry) == policy:
+            return Refusal.FORBIDDEN
+        return None
+
+    def _log_refusal(self, ref: ImageRef, refusal: Refusal, policy: Policy, now: float) -> None:
         """Each skip at debug level (every sighting would flood the log: the metric counts
         them); a spent budget or a full queue also once a minute as a warning."""
         logger.debug("conversion of %s not started: %s", messages.printable(ref.raw), refusal)
@@ -206,7 +222,7 @@ class Remediator:
             and now - self._warned.get(refusal, -1e9) >= 60
         ):
             self._warned[refusal] = now
-            settings = self._policy().remediation
+            settings = policy.remediation
             why = (
                 f"the hourly budget is spent (remediation.perHour: {settings.per_hour})"
                 if refusal is Refusal.BUDGET
@@ -216,23 +232,16 @@ class Remediator:
 
     def _refusal(self, policy: Policy, registry: str, now: float) -> Refusal | None:
         settings = policy.remediation
-        if not policy.may_convert(registry):
-            return Refusal.REGISTRY
-        refused_under = self._forbidden.get(registry)
-        if refused_under is not None:
-            if refused_under == policy:
-                return Refusal.FORBIDDEN
-            del self._forbidden[registry]  # the policy changed: try again
+        closed = self._closed(policy, registry)
+        if closed is not None:
+            return closed
+        self._forbidden.pop(registry, None)  # refused under an earlier policy: try again
         if self._queued >= settings.queue_size:
             return Refusal.QUEUE
-        limiter = self._limiter
-        if (limiter.per_minute, limiter.per_hour) != (
-            settings.per_registry_per_minute,
-            settings.per_hour,
-        ):
-            limiter.per_minute = settings.per_registry_per_minute
-            limiter.per_hour = settings.per_hour
-        return limiter.take(registry, now)
+        # The limits as the policy in force says (a reload may change them).
+        self._limiter.per_minute = settings.per_registry_per_minute
+        self._limiter.per_hour = settings.per_hour
+        return self._limiter.take(registry, now)
 
     # ---- the worker ---------------------------------------------------------------------------
 
@@ -271,7 +280,7 @@ class Remediator:
     async def _start(self, conversion: Conversion) -> None:
         c = conversion
         policy = self._policy()
-        if not policy.remediation.anywhere or self._forbidden.get(c.registry) == policy:
+        if not policy.remediation.anywhere or self._closed(policy, c.registry) is not None:
             self._limiter.give_back(c.registry)
             self._finish(c, "skipped", "off")
             return
@@ -308,7 +317,7 @@ class Remediator:
             logger.warning("conversion of %s not started: %s", c.ref.raw, err)
             self._finish(c, "failed", "unavailable")
             return
-        c.state, c.operation = "started", operation.id
+        c.operation = operation.id
         self._observer.on_conversion("started")
         logger.info(
             "conversion started: %s (%s/%s@%s, operation %s)",
@@ -400,7 +409,7 @@ class Remediator:
         *,
         event: tuple[str, str, bool] | None = None,
     ) -> None:
-        c.state, c.outcome, c.finished_at = "done", reason or result, self._clock()
+        c.state, c.finished_at = "done", self._clock()
         self._observer.on_conversion(result, reason)
         if result in ("succeeded", "failed"):
             why = f" ({reason})" if reason else ""
@@ -409,6 +418,6 @@ class Remediator:
             reason_name, text, normal = event
             for workload in c.workloads:
                 try:
-                    self._notify(workload, reason_name, messages.printable(text), normal)
+                    self._notify(workload, reason_name, messages.printable(text), normal=normal)
                 except Exception:
                     logger.exception("event about the conversion of %s not sent", c.ref.raw)

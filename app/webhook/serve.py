@@ -31,7 +31,7 @@ from app.core.reports import WGPOLICY
 from app.core.verdicts import VerdictSource
 from app.registry.source import RegistryVerdictSource
 from app.telemetry.event_checks import KubeObjects
-from app.telemetry.events import DEFAULT_INTERVAL, EventRecorder, KubeEventsApi, ObjectRef
+from app.telemetry.events import DEFAULT_INTERVAL, EventRecorder, KubeEventsApi
 from app.telemetry.metrics import Metrics, serve_metrics
 from app.webhook.admission import (
     Admission,
@@ -391,13 +391,7 @@ def _remediator(
 ) -> Remediator:
     """The remediator of `serve`, always there (idle on its queue: a policy reload may turn
     remediation on), telling workloads by Event when Events are on."""
-    notify = None
-    if recorder is not None:
-        events = recorder
-
-        def notify(involved: ObjectRef, reason: str, text: str, normal: bool) -> None:
-            events.notify(involved, reason, text, normal=normal)
-
+    notify = recorder.notify if recorder is not None else None
     remediator = Remediator(source, admission.policy, observer=metrics, notify=notify)
     admission.remediator = remediator
     return remediator

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import pytest
 
-from app.core.images import parse_image
 from app.core.messages import NO_ARTIFACT
 from app.core.policy import PolicyError, parse_policy
 from app.core.remediation import Limiter, Refusal, Remediation, wants_conversion
@@ -56,26 +55,24 @@ def test_only_registries_reached_with_credentials_and_allowed_may_convert() -> N
 
 
 def test_wants_a_conversion_only_where_one_would_help() -> None:
-    ref = parse_image("myacr.azurecr.io/app:v1")
 
     def v(verdict: Verdict, reason: str = "", digest: str | None = DIGEST) -> ImageVerdict:
         return ImageVerdict(verdict, reason, digest=digest)
 
-    assert wants_conversion(ref, v(Verdict.NOT_STREAMABLE, NO_ARTIFACT))
-    assert wants_conversion(ref, v(Verdict.NOT_STREAMABLE, "conversion failed (UNKNOWN_ERROR)"))
-    assert not wants_conversion(ref, v(Verdict.NOT_STREAMABLE, NO_ARTIFACT, digest=None))
+    assert wants_conversion(v(Verdict.NOT_STREAMABLE, NO_ARTIFACT))
+    assert wants_conversion(v(Verdict.NOT_STREAMABLE, "conversion failed (UNKNOWN_ERROR)"))
+    assert not wants_conversion(v(Verdict.NOT_STREAMABLE, NO_ARTIFACT, digest=None))
     assert not wants_conversion(
-        ref, v(Verdict.NOT_STREAMABLE, "no streaming artifact yet; conversion running (42%)")
+        v(Verdict.NOT_STREAMABLE, "no streaming artifact yet; conversion running (42%)")
     )
     assert not wants_conversion(
-        ref,
         v(
             Verdict.NOT_STREAMABLE,
             "streaming conversion failed (UNSUPPORTED_PLATFORM): only linux/amd64 images convert",
         ),
     )
-    assert not wants_conversion(ref, v(Verdict.STREAMABLE))
-    assert not wants_conversion(ref, v(Verdict.UNKNOWN, "registry timed out"))
+    assert not wants_conversion(v(Verdict.STREAMABLE))
+    assert not wants_conversion(v(Verdict.UNKNOWN, "registry timed out"))
 
 
 def test_the_limiter_holds_per_registry_per_minute_and_per_hour_in_all() -> None:
